@@ -1,0 +1,98 @@
+"""The miner's Flower ClientApp: trains the received global model on private data and evaluates it.
+
+Contract of the messages (keys of the ``config`` ConfigRecord sent by fl_server.strategy):
+- ``dataset``, ``partition-tag``, ``data-root``: where this miner's partition lives (simulation);
+  in deployment the node config's ``data-dir`` names the folder directly.
+- ``model-spec``: JSON ``{"name", "kwargs"}`` (aggregator.models.ModelSpec).
+- ``epochs``, ``batch-size``, ``lr``, ``optimizer``, ``momentum``, ``weight-decay``, ``seed``, ``server-round``.
+Replies: ``arrays`` (trained weights) and ``metrics`` with ``num-examples``, ``train-loss``,
+``train-accuracy``, ``train-seconds`` (train) or ``num-examples``, ``eval-loss``, ``eval-accuracy``
+(evaluate, on the miner's local validation split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from aggregator.models import ModelSpec, build_model, load_state_checked
+from fl_client.data import LocalData, load_local_data, make_loader
+from fl_client.train import TrainConfig, evaluate, train
+
+app = ClientApp()
+
+_DATA_CACHE: dict[tuple[str, str], LocalData] = {}
+
+
+def _threads(context: Context) -> None:
+    # Simulation packs several miners per core; one intra-op thread each avoids oversubscription.
+    torch.set_num_threads(int(context.node_config.get("num-threads", 1)))
+
+
+def data_folder(config: ConfigRecord, context: Context) -> Path:
+    """This miner's partition folder: the node config's ``data-dir``, else derived from its partition id."""
+    if "data-dir" in context.node_config:
+        return Path(str(context.node_config["data-dir"]))
+    pid = int(context.node_config["partition-id"])
+    return Path(str(config["data-root"])) / str(config["dataset"]) / str(config["partition-tag"]) / f"miner_{pid}"
+
+
+def local_data(config: ConfigRecord, context: Context) -> LocalData:
+    folder = data_folder(config, context)
+    key = (str(folder), str(config["dataset"]))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_local_data(folder, str(config["dataset"]))
+    return _DATA_CACHE[key]
+
+
+def received_model(msg: Message) -> torch.nn.Module:
+    config = msg.content["config"]
+    model = build_model(ModelSpec.from_json(str(config["model-spec"])))
+    load_state_checked(model, msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def train_config(config: ConfigRecord) -> TrainConfig:
+    return TrainConfig(
+        epochs=int(config["epochs"]),
+        batch_size=int(config["batch-size"]),
+        lr=float(config["lr"]),
+        optimizer=str(config["optimizer"]),
+        momentum=float(config["momentum"]),
+        weight_decay=float(config["weight-decay"]),
+        seed=int(config["seed"]) * 100_003 + int(config["server-round"]),
+    )
+
+
+@app.train()
+def train_handler(msg: Message, context: Context) -> Message:
+    _threads(context)
+    config = msg.content["config"]
+    data = local_data(config, context)
+    model = received_model(msg)
+    cfg = train_config(config)
+    result = train(model, make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg)
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+            "train-accuracy": result.accuracy,
+            "train-seconds": result.seconds,
+        }
+    )
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_handler(msg: Message, context: Context) -> Message:
+    _threads(context)
+    config = msg.content["config"]
+    data = local_data(config, context)
+    model = received_model(msg)
+    loss, accuracy, n = evaluate(model, make_loader(data.val, 256, shuffle=False))
+    metrics = MetricRecord({"num-examples": n, "eval-loss": loss, "eval-accuracy": accuracy})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,194 @@
+"""One ModelMine experiment on Flower's simulation engine, driven by a Hydra config.
+
+``run_experiment(cfg, out_dir)`` prepares the miners' partitions if needed, builds the initial
+model, runs the ServerApp and N ClientApps through ``flwr.simulation.run_simulation``, prints a
+per-round table, and writes rounds.csv/json, summary.json and plots into ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from aggregator.datasets import get_spec
+from aggregator.models import ModelSpec, build_model, num_parameters
+from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, prepare, server_test_path
+from fl_server.evaluation import ServerEvaluator
+from fl_server.results import PeakMemory, RoundRecord, Stopwatch, plot_rounds, write_rounds, write_summary
+from fl_server.selection import RandomSelector
+from fl_server.strategy import ModelMineStrategy, ServerOptimizer
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+log = logging.getLogger("modelmine")
+
+
+def data_root(cfg: DictConfig) -> Path:
+    root = Path(str(cfg.data_root))
+    return root if root.is_absolute() else REPO_ROOT / root
+
+
+def partition_config(cfg: DictConfig) -> PartitionConfig:
+    return PartitionConfig(
+        dataset=str(cfg.dataset.name),
+        num_miners=int(cfg.num_miners),
+        partition=str(cfg.dataset.partition),
+        alpha=float(cfg.dataset.alpha),
+        seed=int(cfg.seed),
+        max_samples_per_miner=int(cfg.dataset.max_samples_per_miner),
+    )
+
+
+def model_spec(cfg: DictConfig) -> ModelSpec:
+    """The task's model; input shape and classes come from the data set unless set explicitly."""
+    ds = get_spec(str(cfg.dataset.name))
+    kwargs: dict[str, Any] = {"in_channels": ds.in_channels, "image_size": ds.image_size, "num_classes": ds.num_classes}
+    kwargs.update(OmegaConf.to_container(cfg.model.kwargs, resolve=True) or {})  # type: ignore[arg-type]
+    return ModelSpec(str(cfg.model.name), kwargs)
+
+
+def train_config(cfg: DictConfig, part: PartitionConfig, spec: ModelSpec, root: Path) -> ConfigRecord:
+    t = cfg.task.train
+    return ConfigRecord(
+        {
+            "dataset": part.dataset,
+            "partition-tag": part.tag,
+            "data-root": str(root),
+            "model-spec": spec.to_json(),
+            "epochs": int(t.epochs),
+            "batch-size": int(t.batch_size),
+            "lr": float(t.lr),
+            "optimizer": str(t.optimizer),
+            "momentum": float(t.momentum),
+            "weight-decay": float(t.weight_decay),
+            "seed": int(cfg.seed),
+        }
+    )
+
+
+def _table_line(r: RoundRecord) -> str:
+    return (
+        f"round {r.round:>3} | acc {r.accuracy * 100:6.2f}% | loss {r.loss:.4f} | {r.round_seconds:6.1f} s | "
+        f"{r.upload_bytes_per_miner / 1e3:8.1f} kB/miner | {r.received}/{r.selected} miners"
+    )
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None = None) -> dict[str, Any]:
+    """Run the configured experiment end to end and return the summary written to summary.json.
+
+    ``client_app`` replaces the miners' app (tests use it to put a misbehaving miner in the federation).
+    """
+    from flwr.simulation import run_simulation
+
+    if client_app is None:
+        from fl_client.app import app as client_app
+
+    logging.getLogger("flwr").setLevel(str(cfg.log_level))
+    warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+    console = Console(width=120)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = data_root(cfg)
+    part = partition_config(cfg)
+    if not is_prepared(root, part):
+        if not cfg.auto_prepare:
+            raise FileNotFoundError(
+                f"no partitions for {part.tag} under {root}. Fix: python scripts/prepare_data.py "
+                f"--dataset {part.dataset} --miners {part.num_miners} --partition {part.partition}"
+            )
+        console.print(f"[setup] writing {part.num_miners} private partitions ({part.tag}) under {root}")
+        prepare(root, part)
+    spec = model_spec(cfg)
+    initial = build_model(spec, seed=int(cfg.seed))
+    evaluator = ServerEvaluator(server_test_path(root, part.dataset), part.dataset, spec)
+    initial_arrays = ArrayRecord(initial.state_dict())
+    first = evaluator(0, initial_arrays)
+    console.print(
+        f"ModelMine: {part.num_miners} miners, {part.dataset} ({part.tag}), {spec.name} "
+        f"({num_parameters(initial):,} parameters), {cfg.rounds} rounds; initial accuracy "
+        f"{float(first['accuracy']) * 100:.2f}%"
+    )
+
+    sel = cfg.selection
+    progress = Progress(TextColumn("[bold]rounds"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=console, transient=False)
+    bar = progress.add_task("rounds", total=int(cfg.rounds))
+
+    def on_round(record: RoundRecord) -> None:
+        progress.console.print(_table_line(record))
+        progress.advance(bar)
+
+    strategy = ModelMineStrategy(
+        selector=RandomSelector(per_round=int(sel.per_round), min_available=int(sel.min_available), seed=int(cfg.seed)),
+        server_optimizer=ServerOptimizer(lr=float(cfg.strategy.server_lr), momentum=float(cfg.strategy.server_momentum)),
+        on_round=on_round,
+        min_replies=int(cfg.strategy.min_replies),
+    )
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=int(cfg.rounds),
+            timeout=float(cfg.strategy.round_timeout_s),
+            train_config=train_config(cfg, part, spec, root),
+            evaluate_fn=evaluator,
+        )
+
+    sim = cfg.simulation
+    backend_config = {
+        "client_resources": {"num_cpus": float(sim.cpus_per_miner), "num_gpus": float(sim.gpus_per_miner)},
+        "init_args": {"num_cpus": int(sim.total_cpus) or os.cpu_count() or 1, "include_dashboard": False},
+    }
+    clock = Stopwatch()
+    with PeakMemory() as memory, progress:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=part.num_miners,
+            backend_config=backend_config,  # type: ignore[arg-type]
+        )
+    wall = clock.elapsed()
+    records = strategy.records
+    if len(records) < int(cfg.rounds):
+        raise RuntimeError(f"simulation ended after {len(records)} of {cfg.rounds} rounds; see the log above")
+    write_rounds(out_dir, records)
+    plot_rounds(out_dir, records, (float(first["loss"]), float(first["accuracy"])), f"{part.dataset} {part.tag}")
+    summary = {
+        "final_accuracy": records[-1].accuracy,
+        "best_accuracy": max(r.accuracy for r in records),
+        "initial_accuracy": float(first["accuracy"]),
+        "final_loss": records[-1].loss,
+        "rounds": len(records),
+        "wall_seconds": round(wall, 2),
+        "mean_round_seconds": round(sum(r.round_seconds for r in records) / len(records), 3),
+        "peak_rss_mb": round(memory.peak_tree_mb, 1),
+        "peak_server_rss_mb": round(memory.peak_self_mb, 1),
+        "num_miners": part.num_miners,
+        "dataset": part.dataset,
+        "partition": part.tag,
+        "model": spec.name,
+        "parameters": num_parameters(initial),
+        "rejected_replies": len(strategy.rejections),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_summary(out_dir, summary)
+    console.print(
+        f"done: final accuracy {summary['final_accuracy'] * 100:.2f}% after {len(records)} rounds, "
+        f"{wall:.1f} s wall, peak memory {summary['peak_rss_mb']:.0f} MB (all processes). Outputs: {out_dir}"
+    )
+    return summary

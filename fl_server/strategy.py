@@ -1,0 +1,200 @@
+"""ModelMineStrategy: Flower message-API FedAvg with ModelMine's round loop.
+
+Per round: select miners, send the global weights and the training config, validate every reply
+(shape, finiteness, example count) and drop bad ones with a logged reason, average the valid
+updates weighted by examples, apply them with a server learning rate and momentum, evaluate the
+new global model on the server's test set, and hand a :class:`RoundRecord` to ``on_round``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from aggregator.models import flatten_state, unflatten_like
+from fl_server.results import RoundRecord
+from fl_server.selection import RandomSelector
+
+log = logging.getLogger("modelmine.strategy")
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class ReplyRejected(ValueError):
+    """A miner's reply that cannot be used; the message says why."""
+
+
+@dataclass
+class ServerOptimizer:
+    """Applies the averaged update: w <- w + lr * (v <- momentum * v + (avg - w))."""
+
+    lr: float = 1.0
+    momentum: float = 0.0
+    _velocity: np.ndarray | None = None
+
+    def step(self, current: np.ndarray, average: np.ndarray) -> np.ndarray:
+        delta = average - current
+        if self.momentum:
+            self._velocity = delta if self._velocity is None else self.momentum * self._velocity + delta
+            delta = self._velocity
+        return current + self.lr * delta
+
+
+@dataclass(frozen=True)
+class ValidUpdate:
+    node_id: int
+    weights: np.ndarray
+    num_examples: int
+    metrics: dict[str, float]
+    upload_bytes: int
+
+
+def reply_bytes(content: RecordDict) -> int:
+    """Bytes of array payload in a reply (what crossed the wire for the model update)."""
+    return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())
+
+
+def validate_reply(reply: Message, expected_size: int, arrayrecord_key: str = "arrays") -> ValidUpdate:
+    """Turn a reply into a ValidUpdate or raise ReplyRejected with a specific reason."""
+    node = reply.metadata.src_node_id
+    if reply.has_error():
+        raise ReplyRejected(f"miner {node} replied with an error: {reply.error.reason}")
+    content = reply.content
+    if arrayrecord_key not in content.array_records or "metrics" not in content.metric_records:
+        raise ReplyRejected(f"miner {node} reply lacks '{arrayrecord_key}' or 'metrics'")
+    metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, int | float)}
+    n = int(metrics.get("num-examples", 0))
+    if n <= 0:
+        raise ReplyRejected(f"miner {node} reported num-examples={n}")
+    try:
+        weights = flatten_state(content[arrayrecord_key].to_torch_state_dict())
+    except Exception as exc:  # malformed arrays from the network
+        raise ReplyRejected(f"miner {node} sent unreadable arrays: {exc}") from exc
+    if weights.shape != (expected_size,):
+        raise ReplyRejected(f"miner {node} sent {weights.size} weights, model has {expected_size}")
+    if not np.isfinite(weights).all():
+        raise ReplyRejected(f"miner {node} sent NaN/Inf weights")
+    return ValidUpdate(node, weights, n, metrics, reply_bytes(content))
+
+
+class ModelMineStrategy(FedAvg):
+    """FedAvg with adaptive-ready selection, reply validation, server optimizer and per-round records."""
+
+    def __init__(
+        self,
+        selector: RandomSelector,
+        server_optimizer: ServerOptimizer | None = None,
+        on_round: Callable[[RoundRecord], None] | None = None,
+        min_replies: int = 1,
+    ) -> None:
+        super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+        self.selector = selector
+        self.server_optimizer = server_optimizer or ServerOptimizer()
+        self.on_round = on_round
+        self.min_replies = min_replies
+        self.records: list[RoundRecord] = []
+        self.rejections: list[tuple[int, str]] = []
+        self._global: dict[str, torch.Tensor] | None = None
+        self._round_info: dict[str, float] = {}
+
+    # -- Flower hooks ------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        node_ids = self.selector.select(list(grid.get_node_ids()), server_round)
+        config = ConfigRecord(dict(config))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        self._round_info["selected"] = len(node_ids)
+        return self._construct_messages(record, node_ids, "train")
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self._global is not None, "start() sets the global model before the first round"
+        current = flatten_state(self._global)
+        valid: list[ValidUpdate] = []
+        for reply in replies:
+            try:
+                valid.append(validate_reply(reply, current.size, self.arrayrecord_key))
+            except ReplyRejected as exc:
+                log.warning("round %d: rejected reply: %s", server_round, exc)
+                self.rejections.append((server_round, str(exc)))
+        self._round_info["received"] = len(valid)
+        if len(valid) < self.min_replies:
+            log.warning("round %d: %d valid replies < %d; global model unchanged", server_round, len(valid), self.min_replies)
+            self._round_info.update(upload_bytes=0.0, train_loss=float("nan"), train_seconds=float("nan"))
+            return None, None
+        total = sum(u.num_examples for u in valid)
+        average = sum(u.weights * (u.num_examples / total) for u in valid)
+        new = self.server_optimizer.step(current, average)
+        self._global = unflatten_like(new.astype(np.float32), self._global)
+        self._round_info["upload_bytes"] = float(np.mean([u.upload_bytes for u in valid]))
+        self._round_info["train_loss"] = sum(u.metrics.get("train-loss", 0.0) * u.num_examples for u in valid) / total
+        self._round_info["train_seconds"] = float(np.mean([u.metrics.get("train-seconds", 0.0) for u in valid]))
+        metrics = MetricRecord({"train-loss": self._round_info["train_loss"], "num-examples": total})
+        return ArrayRecord(self._global), metrics
+
+    # -- round loop ----------------------------------------------------------------------------
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run ``num_rounds`` rounds; ``evaluate_fn`` (server test set) is called after each one."""
+        train_config = train_config or ConfigRecord()
+        result = Result()
+        arrays = initial_arrays
+        self._global = initial_arrays.to_torch_state_dict()
+        if evaluate_fn:
+            first = evaluate_fn(0, arrays)
+            if first is not None:
+                result.evaluate_metrics_serverapp[0] = first
+        for server_round in range(1, num_rounds + 1):
+            self._round_info = {}
+            t0 = time.perf_counter()
+            replies = grid.send_and_receive(
+                messages=self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
+            )
+            t_agg = time.perf_counter()
+            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            aggregate_seconds = time.perf_counter() - t_agg
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+            if train_metrics is not None:
+                result.train_metrics_clientapp[server_round] = train_metrics
+            round_seconds = time.perf_counter() - t0
+            evaluation = evaluate_fn(server_round, arrays) if evaluate_fn else None
+            if evaluation is not None:
+                result.evaluate_metrics_serverapp[server_round] = evaluation
+            info = self._round_info
+            record = RoundRecord(
+                round=server_round,
+                accuracy=float(evaluation["accuracy"]) if evaluation else float("nan"),
+                loss=float(evaluation["loss"]) if evaluation else float("nan"),
+                round_seconds=round_seconds,
+                upload_bytes_per_miner=info.get("upload_bytes", 0.0),
+                selected=int(info.get("selected", 0)),
+                received=int(info.get("received", 0)),
+                aggregate_seconds=aggregate_seconds,
+                train_loss=info.get("train_loss", float("nan")),
+                train_seconds_mean=info.get("train_seconds", float("nan")),
+            )
+            self.records.append(record)
+            if self.on_round:
+                self.on_round(record)
+        result.arrays = arrays
+        return result
