@@ -53,6 +53,10 @@ MESSAGE_TYPES: dict[str, list[dict[str, str]]] = {
 }
 
 
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_SECP256K1_HALF_N = _SECP256K1_N // 2
+
+
 class SignatureError(ValueError):
     """A signature is malformed or was not made by the expected signer."""
 
@@ -127,6 +131,14 @@ def recover(domain: Domain, message: Message, signature: bytes) -> str:
     """The checksummed address that signed ``message``; raises SignatureError on a malformed signature."""
     if not isinstance(signature, bytes | bytearray) or len(signature) != 65:
         raise SignatureError("signature must be 65 bytes (r, s, v)")
+    # Match OpenZeppelin ECDSA.recover, which the contracts use: v in {27, 28}, 0 < r, 0 < s <= n/2.
+    # eth_account alone also accepts v in {0, 1} and malleable high-s signatures the chain would reject.
+    r_value = int.from_bytes(signature[:32], "big")
+    s_value = int.from_bytes(signature[32:64], "big")
+    if signature[64] not in (27, 28):
+        raise SignatureError(f"signature v must be 27 or 28, got {signature[64]}")
+    if not 0 < r_value < _SECP256K1_N or not 0 < s_value <= _SECP256K1_HALF_N:
+        raise SignatureError("signature r/s out of range (high-s signatures are malleable and rejected)")
     try:
         signable = encode_typed_data(full_message=typed_data(domain, message))
         return Account.recover_message(signable, signature=bytes(signature))
