@@ -200,19 +200,35 @@ def table_size_for(bound: int, max_table: int = DEFAULT_MAX_TABLE) -> int:
     return max(1, min(bound, max_table))
 
 
+def parse_points(compressed: np.ndarray, what: str = "point") -> object:
+    """Parse an ``(k, 33)`` uint8 array into a cffi ``secp256k1_pubkey[k]``; PointError names a bad row."""
+    arr_np = np.ascontiguousarray(compressed, dtype=np.uint8)
+    if arr_np.ndim != 2 or arr_np.shape[1] != POINT_SIZE:
+        raise PointError(f"{what}s must be an (k, {POINT_SIZE}) uint8 array, got shape {arr_np.shape}")
+    k = arr_np.shape[0]
+    out = ffi.new("secp256k1_pubkey[]", max(k, 1))
+    src = ffi.from_buffer(arr_np)
+    parse = lib.secp256k1_ec_pubkey_parse
+    for p in range(k):
+        if not parse(_CTX, out + p, src + POINT_SIZE * p, POINT_SIZE):
+            raise PointError(f"{what} {p} is not a point on secp256k1")
+    return out
+
+
 def solve(
-    raw_points: object,
     compressed: np.ndarray,
     identity: np.ndarray,
     base: bytes,
     bound: int,
     max_table: int = DEFAULT_MAX_TABLE,
+    raw_points: object | None = None,
 ) -> np.ndarray:
     """Recover ``v_j`` with ``Q_j = v_j * base`` and ``|v_j| <= bound`` for all ``j``.
 
-    ``raw_points`` is a cffi ``secp256k1_pubkey[k]`` array of the ``Q_j`` (rows flagged in ``identity``
-    are ignored), ``compressed`` their ``(k, 33)`` uint8 encodings, ``identity`` a bool mask of
-    ``Q_j = O`` (value 0). Raises DecryptionRangeError listing the positions with no solution.
+    ``compressed`` holds the ``(k, 33)`` uint8 encodings of the ``Q_j``, ``identity`` a bool mask of
+    ``Q_j = O`` (value 0; those rows are ignored). ``raw_points`` optionally gives the same points as a
+    cffi ``secp256k1_pubkey[k]`` (otherwise the few rows that need giant steps are parsed).
+    Raises DecryptionRangeError listing the positions with no solution in ``[-bound, bound]``.
     """
     if bound < 0:
         raise ValueError("bound must be >= 0")
@@ -231,6 +247,11 @@ def solve(
     vals, found = table.lookup(compressed[idx])
     result[idx[found]] = vals[found]
     missing = idx[~found]
+    if missing.size and (m < bound) and raw_points is None:
+        sub = parse_points(compressed[missing], "query point")
+        raw_points = ffi.new("secp256k1_pubkey[]", k)
+        for row, p in enumerate(missing.tolist()):
+            ffi.memmove(raw_points + p, sub + row, 64)
     step = 2 * m + 1
     t = 1
     base_raw = parse_point(bytes(base), "base point")

@@ -43,6 +43,7 @@ from aggregator.bsgs import (
     PointError,
     multiply,
     parse_point,
+    parse_points,
     scalar_bytes,
     serialize_point,
     small_multiples,
@@ -233,14 +234,11 @@ class NddfeCiphertext:
 
     def parse(self, miner: int | None = None) -> object:
         """All points as a cffi ``secp256k1_pubkey[k]``; raises MalformedCiphertextError if one is off-curve."""
-        k = self.k
-        arr = ffi.new("secp256k1_pubkey[]", max(k, 1))
-        src = ffi.from_buffer(np.ascontiguousarray(self.points))
-        for p in range(k):
-            if not lib.secp256k1_ec_pubkey_parse(_CTX, arr + p, src + POINT_SIZE * p, POINT_SIZE):
-                who = "" if miner is None else f" of ciphertext #{miner}"
-                raise MalformedCiphertextError(f"coordinate {p}{who} is not a point on secp256k1")
-        return arr
+        try:
+            return parse_points(self.points, "coordinate")
+        except PointError as exc:
+            who = "" if miner is None else f" (ciphertext #{miner})"
+            raise MalformedCiphertextError(f"{exc}{who}") from exc
 
 
 def encrypt(
@@ -415,7 +413,7 @@ def decrypt_sum(
     """
     _parse_public(aggregator_public, "aggregator public key")
     raw, comp, identity = combine_ciphertexts(ciphertexts, key, publisher_public)
-    return solve(raw, comp, identity, bytes(aggregator_public), int(bound), max_table)
+    return solve(comp, identity, bytes(aggregator_public), int(bound), max_table, raw_points=raw)
 
 
 def audit_points(key: FunctionalKey, publisher_public: bytes) -> list[bytes | None]:
