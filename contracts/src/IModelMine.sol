@@ -84,12 +84,12 @@ interface IModelMine {
         uint32 scoreEpoch; // epoch that totalScore belongs to
     }
 
-    /// @notice Per (task, miner) state, one storage slot, reused across rounds.
+    /// @notice Per (task, miner) state as returned by `minerRound` (stored packed in one word, reused across rounds).
     struct MinerRound {
         uint32 epoch; // epoch the flags below belong to
         uint32 round; // round of that epoch
-        uint8 flags; // COMMITTED | VOTED | REVEALED | FAULT
-        uint64 commitTag; // low 64 bits of the last commitment (replay guard across retries)
+        uint8 flags; // COMMITTED=1 | REVEALED=4 | FAULT=8 (votes are kept in a per-epoch bitmap)
+        uint64 commitTag; // low 48 bits of the last commitment (replay guard across retries)
         uint112 score; // verified score (after reveal)
     }
 
@@ -117,6 +117,7 @@ interface IModelMine {
 
     /// @notice A relayed Vote; taskId, round and modelHash are the batch's.
     struct SignedVote {
+        uint16 index; // position of the voter in the participant list passed with the batch
         bool accept;
         uint16 accuracyBps;
         bytes32 r;
@@ -194,12 +195,17 @@ interface IModelMine {
         uint32 indexed round,
         address indexed miner,
         uint32 epoch,
-        bytes32 supportHash,
         bytes32 ciphertextHash,
         bytes32 commitment
     );
     event RoundProposed(
-        uint256 indexed taskId, uint32 indexed round, uint32 epoch, bytes32 modelHash, uint32 k, uint16 participants
+        uint256 indexed taskId,
+        uint32 indexed round,
+        uint32 epoch,
+        bytes32 modelHash,
+        bytes32 supportHash,
+        uint32 k,
+        uint16 participants
     );
     event Voted(uint256 indexed taskId, uint32 indexed round, address indexed miner, bool accept, uint16 accuracyBps);
     event RoundFinalized(uint256 indexed taskId, uint32 indexed round, uint32 epoch, bytes32 modelHash, uint16 accuracyBps);

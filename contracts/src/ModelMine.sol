@@ -81,36 +81,53 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         rs.k = k;
         rs.modelHash = modelHash;
         rs.deadline = uint40(block.timestamp + t.roundWindow);
-        emit RoundProposed(taskId, uint32(round), rs.epoch, modelHash, k, n);
+        emit RoundProposed(taskId, uint32(round), rs.epoch, modelHash, supportHash, k, n);
     }
 
     // ================================================================== voting
 
     /// @notice The caller (a participant) votes on the candidate directly.
-    function vote(uint256 taskId, uint256 round, bytes32 modelHash, bool accept, uint256 accuracyBps)
-        external
-        whenNotPaused
-    {
-        (Task storage t, RoundState storage rs) = _votePhase(taskId, round, modelHash);
-        _vote(rs, taskId, msg.sender, accept, accuracyBps);
-        if (rs.votes == rs.participants) _finalize(taskId, t, rs);
+    /// @param list the round's participants in submission order (from the Committed events)
+    /// @param index the caller's position in `list`
+    function vote(
+        uint256 taskId,
+        uint256 round,
+        bytes32 modelHash,
+        bool accept,
+        uint256 accuracyBps,
+        Participant[] calldata list,
+        uint256 index
+    ) external whenNotPaused {
+        (Task storage t, RoundState storage rs) = _votePhase(taskId, round, modelHash, list);
+        if (list[index].miner != msg.sender) revert NotParticipant(msg.sender);
+        VoteCtx memory c = _voteCtx(taskId, rs);
+        _vote(c, msg.sender, index, accept, accuracyBps);
+        _voteStore(rs, c);
+        if (c.votes == rs.participants) _finalize(taskId, t, rs);
     }
 
     /// @notice Relay participants' signed votes; finalizes in the same call once everyone voted.
-    function voteBatch(uint256 taskId, uint256 round, bytes32 modelHash, SignedVote[] calldata votes)
-        external
-        whenNotPaused
-    {
-        (Task storage t, RoundState storage rs) = _votePhase(taskId, round, modelHash);
+    function voteBatch(
+        uint256 taskId,
+        uint256 round,
+        bytes32 modelHash,
+        Participant[] calldata list,
+        SignedVote[] calldata votes
+    ) external whenNotPaused {
+        (Task storage t, RoundState storage rs) = _votePhase(taskId, round, modelHash, list);
         uint256 len = votes.length;
+        VoteCtx memory c = _voteCtx(taskId, rs);
         for (uint256 i; i < len; ++i) {
             SignedVote calldata v = votes[i];
             bytes32 digest = _hashTypedDataV4(
                 keccak256(abi.encode(VOTE_TYPEHASH, taskId, round, modelHash, v.accept, uint256(v.accuracyBps)))
             );
-            _vote(rs, taskId, ECDSA.recover(digest, v.r, v.vs), v.accept, v.accuracyBps);
+            address signer = ECDSA.recover(digest, v.r, v.vs);
+            if (list[v.index].miner != signer) revert NotParticipant(signer);
+            _vote(c, signer, v.index, v.accept, v.accuracyBps);
         }
-        if (rs.votes == rs.participants) _finalize(taskId, t, rs);
+        _voteStore(rs, c);
+        if (c.votes == rs.participants) _finalize(taskId, t, rs);
     }
 
     /// @notice Decide the current candidate (anyone): allowed when all participants voted, the vote
@@ -141,8 +158,10 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
     ) external {
         (Task storage t, RoundState storage rs) = _revealPhase(taskId, round, list);
         if (list[index].miner != msg.sender) revert NotParticipant(msg.sender);
-        _reveal(t, rs, taskId, msg.sender, list[index].commitment, score, nonce, true);
-        if (rs.reveals + rs.faults == list.length) _settle(taskId, t, rs, list);
+        RevealCtx memory c = _revealCtx(taskId, t, rs);
+        _reveal(c, msg.sender, list[index].commitment, score, nonce, true);
+        _revealStore(rs, c);
+        if (c.reveals + c.faults == list.length) _settle(taskId, t, rs, list);
     }
 
     /// @notice Relay participants' signed reveals. A reveal that does not open its commitment or whose
@@ -153,15 +172,17 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
     {
         (Task storage t, RoundState storage rs) = _revealPhase(taskId, round, list);
         uint256 len = reveals.length;
+        RevealCtx memory c = _revealCtx(taskId, t, rs);
         for (uint256 i; i < len; ++i) {
             SignedReveal calldata r = reveals[i];
             address signer = ECDSA.recover(
                 _hashTypedDataV4(keccak256(abi.encode(REVEAL_TYPEHASH, taskId, round, r.score, r.nonce))), r.r, r.vs
             );
             if (list[r.index].miner != signer) revert NotParticipant(signer);
-            _reveal(t, rs, taskId, signer, list[r.index].commitment, r.score, r.nonce, false);
+            _reveal(c, signer, list[r.index].commitment, r.score, r.nonce, false);
         }
-        if (rs.reveals + rs.faults == list.length) _settle(taskId, t, rs, list);
+        _revealStore(rs, c);
+        if (c.reveals + c.faults == list.length) _settle(taskId, t, rs, list);
     }
 
     /// @notice Settle a finalized round after its reveal window (anyone): pays revealers by score,
@@ -195,7 +216,7 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         if (round != rs.round) revert WrongRound(rs.round, round);
     }
 
-    function _votePhase(uint256 taskId, uint256 round, bytes32 modelHash)
+    function _votePhase(uint256 taskId, uint256 round, bytes32 modelHash, Participant[] calldata list)
         internal
         view
         returns (Task storage t, RoundState storage rs)
@@ -206,10 +227,12 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         if (round != rs.round) revert WrongRound(rs.round, round);
         if (block.timestamp > rs.deadline) revert WindowClosed();
         if (modelHash != rs.modelHash) revert ModelMismatch();
+        _checkList(rs, list);
     }
 
     function _revealPhase(uint256 taskId, uint256 round, Participant[] calldata list)
         internal
+        view
         returns (Task storage t, RoundState storage rs)
     {
         t = _task(taskId);
@@ -218,10 +241,6 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         if (round != rs.round) revert WrongRound(rs.round, round);
         if (block.timestamp > rs.deadline) revert WindowClosed();
         _checkList(rs, list);
-        if (rs.scoreEpoch != rs.epoch) {
-            rs.scoreEpoch = rs.epoch;
-            rs.totalScore = 0;
-        }
     }
 
     /// @dev `list` must be exactly the epoch's participants in submission order.
@@ -236,9 +255,41 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
     }
 
     // ================================================================== internals: actions
+    // Batches work on a memory copy of the round counters and write them back once.
+
+    struct CommitCtx {
+        uint256 taskId;
+        uint32 epoch;
+        uint32 round;
+        uint16 n;
+        bytes32 supportHash;
+        bytes32 h;
+        uint128 minStake;
+    }
+
+    function _commitCtx(uint256 taskId, RoundState storage rs, bytes32 supportHash)
+        internal
+        view
+        returns (CommitCtx memory c)
+    {
+        c.taskId = taskId;
+        c.epoch = rs.epoch;
+        c.round = rs.round;
+        c.n = rs.participants;
+        if (c.n != 0 && rs.supportHash != supportHash) revert SupportMismatch();
+        c.supportHash = supportHash;
+        c.h = rs.participantsHash;
+        c.minStake = minStake;
+    }
+
+    function _commitStore(RoundState storage rs, CommitCtx memory c) internal {
+        if (rs.supportHash != c.supportHash) rs.supportHash = c.supportHash;
+        rs.participants = c.n;
+        rs.participantsHash = c.h;
+    }
 
     function _commitSigned(
-        Task storage t,
+        Task storage,
         RoundState storage rs,
         uint256 taskId,
         uint256 round,
@@ -246,14 +297,16 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         SignedSubmission[] calldata subs
     ) internal {
         uint256 len = subs.length;
+        if (len == 0) return;
+        CommitCtx memory c = _commitCtx(taskId, rs, supportHash);
         for (uint256 i; i < len; ++i) {
             SignedSubmission calldata s = subs[i];
             bytes32 digest = _hashTypedDataV4(
                 keccak256(abi.encode(SUBMISSION_TYPEHASH, taskId, round, supportHash, s.ciphertextHash, s.commitment))
             );
-            address signer = ECDSA.recover(digest, s.r, s.vs);
-            _commit(t, rs, taskId, supportHash, s.ciphertextHash, s.commitment, signer);
+            _commitOne(c, s.ciphertextHash, s.commitment, ECDSA.recover(digest, s.r, s.vs));
         }
+        _commitStore(rs, c);
     }
 
     function _commit(
@@ -265,79 +318,135 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         bytes32 commitment,
         address account
     ) internal {
-        Miner storage m = _miners[account];
+        CommitCtx memory c = _commitCtx(taskId, rs, supportHash);
+        _commitOne(c, ciphertextHash, commitment, account);
+        _commitStore(rs, c);
+    }
+
+    function _commitOne(CommitCtx memory c, bytes32 ciphertextHash, bytes32 commitment, address account) internal {
+        Miner memory m = _miners[account];
         if (!m.registered) revert NotRegistered(account);
         if (m.unlockAt != 0) revert Unbonding(account);
-        if (m.stake < minStake) revert InsufficientStake(account);
-        MinerRound storage mrs = _minerRounds[taskId][account];
-        MinerRound memory mr = mrs;
-        uint32 epoch = rs.epoch;
-        uint32 round = rs.round;
-        if (mr.epoch == epoch) revert AlreadyCommitted(account);
-        uint64 tag = uint64(uint256(commitment));
-        if (mr.round == round && mr.commitTag == tag) revert SignatureReplayed(account);
-        uint16 n = rs.participants;
-        if (n == 0) rs.supportHash = supportHash;
-        else if (rs.supportHash != supportHash) revert SupportMismatch();
+        if (m.stake < c.minStake) revert InsufficientStake(account);
+        mapping(address => uint256) storage mrs = _minerRounds[c.taskId];
+        uint256 mr = mrs[account];
+        if (uint32(mr) == c.epoch) revert AlreadyCommitted(account);
+        uint256 tag = uint256(commitment) & TAG_MASK;
+        if (uint32(mr >> ROUND_SHIFT) == c.round && (mr >> TAG_SHIFT) & TAG_MASK == tag) {
+            revert SignatureReplayed(account);
+        }
+        uint16 n = c.n;
         if (n >= MAX_PARTICIPANTS) revert TooManyParticipants();
-        rs.participants = n + 1;
-        rs.participantsHash = keccak256(abi.encode(rs.participantsHash, account, commitment));
-        mrs.epoch = epoch;
-        mrs.round = round;
-        mrs.flags = COMMITTED;
-        mrs.commitTag = tag;
-        mrs.score = 0;
-        emit Committed(taskId, round, account, epoch, supportHash, ciphertextHash, commitment);
+        c.n = n + 1;
+        c.h = keccak256(abi.encode(c.h, account, commitment));
+        mrs[account] = uint256(c.epoch) | (uint256(c.round) << ROUND_SHIFT) | (uint256(COMMITTED) << FLAGS_SHIFT)
+            | (tag << TAG_SHIFT);
+        emit Committed(c.taskId, c.round, account, c.epoch, ciphertextHash, commitment);
     }
 
-    function _vote(RoundState storage rs, uint256 taskId, address account, bool accept, uint256 accuracyBps) internal {
-        MinerRound storage mrs = _minerRounds[taskId][account];
-        uint8 flags = mrs.flags;
-        if (mrs.epoch != rs.epoch || flags & COMMITTED == 0) revert NotParticipant(account);
-        if (flags & VOTED != 0) revert AlreadyVoted(account);
+    struct VoteCtx {
+        uint256 taskId;
+        uint32 epoch;
+        uint32 round;
+        uint16 votes;
+        uint16 accepts;
+        uint256 word;
+        uint256[] bits; // voted bitmap words: 224 participant bits + the epoch in the top 32 bits
+    }
+
+    function _voteCtx(uint256 taskId, RoundState storage rs) internal view returns (VoteCtx memory v) {
+        v.taskId = taskId;
+        v.epoch = rs.epoch;
+        v.round = rs.round;
+        v.votes = rs.votes;
+        v.accepts = rs.accepts;
+        v.word = _accuracies[taskId][v.votes >> 4];
+        uint256 nWords = (uint256(rs.participants) + 223) / 224;
+        v.bits = new uint256[](nWords);
+        mapping(uint256 => uint256) storage vb = _voteBits[taskId];
+        for (uint256 i; i < nWords; ++i) {
+            uint256 w = vb[i];
+            v.bits[i] = (w >> 224) == v.epoch ? w : uint256(v.epoch) << 224;
+        }
+    }
+
+    function _voteStore(RoundState storage rs, VoteCtx memory v) internal {
+        if (v.votes & 15 != 0) _accuracies[v.taskId][v.votes >> 4] = v.word;
+        rs.votes = v.votes;
+        rs.accepts = v.accepts;
+        mapping(uint256 => uint256) storage vb = _voteBits[v.taskId];
+        for (uint256 i; i < v.bits.length; ++i) {
+            vb[i] = v.bits[i];
+        }
+    }
+
+    /// @dev `account` is list[index] (checked by the caller against the participants hash).
+    function _vote(VoteCtx memory v, address account, uint256 index, bool accept, uint256 accuracyBps) internal {
+        uint256 bit = uint256(1) << (index % 224);
+        uint256 w = v.bits[index / 224];
+        if (w & bit != 0) revert AlreadyVoted(account);
         if (accuracyBps > BPS) revert AccuracyOutOfRange(accuracyBps);
-        mrs.flags = flags | VOTED;
-        uint16 idx = rs.votes;
-        mapping(uint256 => uint256) storage acc = _accuracies[taskId];
-        uint256 word = acc[idx >> 4];
+        v.bits[index / 224] = w | bit;
+        uint16 idx = v.votes;
         uint256 shift = (uint256(idx) & 15) << 4;
-        acc[idx >> 4] = (word & ~(uint256(0xffff) << shift)) | (accuracyBps << shift);
-        rs.votes = idx + 1;
-        if (accept) rs.accepts += 1;
-        emit Voted(taskId, rs.round, account, accept, uint16(accuracyBps));
+        v.word = (v.word & ~(uint256(0xffff) << shift)) | (accuracyBps << shift);
+        if (idx & 15 == 15) {
+            _accuracies[v.taskId][idx >> 4] = v.word;
+            v.word = _accuracies[v.taskId][(idx >> 4) + 1];
+        }
+        v.votes = idx + 1;
+        if (accept) v.accepts += 1;
+        emit Voted(v.taskId, v.round, account, accept, uint16(accuracyBps));
     }
 
-    function _reveal(
-        Task storage t,
-        RoundState storage rs,
-        uint256 taskId,
-        address account,
-        bytes32 commitment,
-        uint256 score,
-        bytes32 nonce,
-        bool strict
-    ) internal {
-        MinerRound storage mrs = _minerRounds[taskId][account];
-        uint8 flags = mrs.flags;
-        if (flags & (REVEALED | FAULT) != 0) revert AlreadyRevealed(account);
-        uint32 round = rs.round;
-        bool opens = keccak256(abi.encode(score, nonce, taskId, uint256(round), account)) == commitment;
-        uint256 cap = _maxScore(t, rs);
-        if (!opens || score > cap) {
+    struct RevealCtx {
+        uint256 taskId;
+        uint32 epoch;
+        uint32 round;
+        uint16 reveals;
+        uint16 faults;
+        uint128 total;
+        uint256 cap;
+    }
+
+    function _revealCtx(uint256 taskId, Task storage t, RoundState storage rs) internal view returns (RevealCtx memory c) {
+        c.taskId = taskId;
+        c.epoch = rs.epoch;
+        c.round = rs.round;
+        c.reveals = rs.reveals;
+        c.faults = rs.faults;
+        c.total = rs.scoreEpoch == c.epoch ? rs.totalScore : 0;
+        c.cap = _maxScore(t, rs);
+    }
+
+    function _revealStore(RoundState storage rs, RevealCtx memory c) internal {
+        rs.reveals = c.reveals;
+        rs.faults = c.faults;
+        rs.totalScore = c.total;
+        rs.scoreEpoch = c.epoch;
+    }
+
+    function _reveal(RevealCtx memory c, address account, bytes32 commitment, uint256 score, bytes32 nonce, bool strict)
+        internal
+    {
+        mapping(address => uint256) storage mrs = _minerRounds[c.taskId];
+        uint256 mr = mrs[account];
+        if ((mr >> FLAGS_SHIFT) & (REVEALED | FAULT) != 0) revert AlreadyRevealed(account);
+        bool opens = keccak256(abi.encode(score, nonce, c.taskId, uint256(c.round), account)) == commitment;
+        if (!opens || score > c.cap) {
             if (strict) {
                 if (!opens) revert RevealMismatch(account);
-                revert ScoreTooLarge(score, cap);
+                revert ScoreTooLarge(score, c.cap);
             }
-            mrs.flags = flags | FAULT;
-            rs.faults += 1;
-            emit RevealInvalid(taskId, round, account, score);
+            mrs[account] = mr | (uint256(FAULT) << FLAGS_SHIFT);
+            c.faults += 1;
+            emit RevealInvalid(c.taskId, c.round, account, score);
             return;
         }
-        mrs.flags = flags | REVEALED;
-        mrs.score = uint112(score);
-        rs.reveals += 1;
-        rs.totalScore += uint128(score);
-        emit Revealed(taskId, round, account, score);
+        mrs[account] = (mr & ~(SCORE_MASK << SCORE_SHIFT)) | (uint256(REVEALED) << FLAGS_SHIFT) | (score << SCORE_SHIFT);
+        c.reveals += 1;
+        c.total += uint128(score);
+        emit Revealed(c.taskId, c.round, account, score);
     }
 
     // ================================================================== internals: outcome
@@ -378,19 +487,21 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         _nextEpoch(rs, round + 1);
     }
 
-    /// @dev Credit each valid revealer minersPool * score / total; slash everyone else.
+    /// @dev Credit each valid revealer minersPool * score / total (no Credited event per miner: the
+    ///      Revealed events and RoundSettled determine it); slash everyone else.
     function _payMiners(uint256 taskId, uint32 round, Participant[] calldata list, uint256 minersPool, uint256 total)
         internal
         returns (uint256 paid)
     {
         uint256 len = list.length;
+        mapping(address => uint256) storage mrs = _minerRounds[taskId];
         for (uint256 i; i < len; ++i) {
             address account = list[i].miner;
-            MinerRound storage mrs = _minerRounds[taskId][account];
-            if (mrs.flags & REVEALED != 0) {
-                uint256 amount = total == 0 ? 0 : (minersPool * mrs.score) / total;
+            uint256 mr = mrs[account];
+            if ((mr >> FLAGS_SHIFT) & REVEALED != 0) {
+                uint256 amount = total == 0 ? 0 : (minersPool * ((mr >> SCORE_SHIFT) & SCORE_MASK)) / total;
                 paid += amount;
-                _credit(account, amount);
+                if (amount != 0) _balances[account].earned += uint128(amount);
             } else {
                 _slash(account, taskId, round);
             }

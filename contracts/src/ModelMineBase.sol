@@ -14,9 +14,15 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     uint16 internal constant BPS = 10_000;
     uint16 internal constant MAX_PARTICIPANTS = 1024;
     uint8 internal constant COMMITTED = 1;
-    uint8 internal constant VOTED = 2;
     uint8 internal constant REVEALED = 4;
     uint8 internal constant FAULT = 8;
+    // Packed per (task, miner) word: epoch | round << 32 | flags << 64 | commitTag(48) << 72 | score(112) << 120
+    uint256 internal constant ROUND_SHIFT = 32;
+    uint256 internal constant FLAGS_SHIFT = 64;
+    uint256 internal constant TAG_SHIFT = 72;
+    uint256 internal constant TAG_MASK = (1 << 48) - 1;
+    uint256 internal constant SCORE_SHIFT = 120;
+    uint256 internal constant SCORE_MASK = (1 << 112) - 1;
 
     struct Balance {
         uint128 earned;
@@ -40,8 +46,9 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     mapping(uint256 taskId => RoundState) internal _rounds;
     mapping(uint256 taskId => bytes) internal _publisherKeys;
     mapping(uint256 taskId => bytes) internal _aggregatorKeys;
-    mapping(uint256 taskId => mapping(address miner => MinerRound)) internal _minerRounds;
+    mapping(uint256 taskId => mapping(address miner => uint256 packed)) internal _minerRounds;
     mapping(uint256 taskId => mapping(uint256 word => uint256)) internal _accuracies;
+    mapping(uint256 taskId => mapping(uint256 word => uint256)) internal _voteBits;
     mapping(address miner => Miner) internal _miners;
     mapping(address miner => bytes) internal _minerKeys;
     mapping(address account => Balance) internal _balances;

@@ -106,9 +106,14 @@ abstract contract TaskRegistry is ModelMineBase {
         return _rounds[taskId];
     }
 
-    /// @notice A miner's state in a task's current epoch (flags: 1 committed, 2 voted, 4 revealed, 8 fault).
-    function minerRound(uint256 taskId, address account) external view returns (MinerRound memory) {
-        return _minerRounds[taskId][account];
+    /// @notice A miner's state in a task's current epoch (flags: 1 committed, 4 revealed, 8 fault).
+    function minerRound(uint256 taskId, address account) external view returns (MinerRound memory r) {
+        uint256 w = _minerRounds[taskId][account];
+        r.epoch = uint32(w);
+        r.round = uint32(w >> ROUND_SHIFT);
+        r.flags = uint8(w >> FLAGS_SHIFT);
+        r.commitTag = uint64((w >> TAG_SHIFT) & TAG_MASK);
+        r.score = uint112((w >> SCORE_SHIFT) & SCORE_MASK);
     }
 
     // ------------------------------------------------------------------ internals

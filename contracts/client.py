@@ -1,0 +1,441 @@
+"""High-level Python API of the ModelMine contract (what the Flower strategy and scripts call).
+
+One round, as the strategy drives it (task ``t``, round ``r``; miners sign, the server relays)::
+
+    client.propose(aggregator, t, r, model_hash, support_hash, k, submissions)   # commitments + candidate
+    client.relay_votes(relayer, t, r, model_hash, votes)      # auto-finalizes once everyone voted
+    client.finalize(anyone, t)                                # only if not everyone voted in time
+    client.relay_reveals(relayer, t, r, reveals)              # auto-settles once everyone revealed
+    client.settle(anyone, t)                                  # only after the reveal window otherwise
+    client.claim(account)                                     # any time: pull what is owed
+
+``submissions``, ``votes`` and ``reveals`` are lists of ``(message, signature)`` pairs where the
+message is an :mod:`aggregator.eip712` dataclass and the signature its 65-byte ``eip712.sign``
+output; the client checks each pair belongs to the batch (task, round, support / model hash) and
+converts signatures to EIP-2098 compact form. The contract re-verifies every signature.
+Every state-changing method returns a :class:`contracts.chain.TxResult` (gas, decoded events) and
+raises :class:`contracts.chain.ContractRevertError` (``.name`` = Solidity custom error) on revert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from eth_abi import encode
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+
+from aggregator import eip712
+from contracts.build_info import load_artifact
+from contracts.chain import Chain, ChainConfig, ChainError, TxResult, load_account
+
+Signed = tuple[Any, bytes]
+
+
+class TaskStatus(IntEnum):
+    NONE = 0
+    ACTIVE = 1
+    COMPLETED = 2
+    CANCELLED = 3
+
+
+class Phase(IntEnum):
+    COMMIT = 0
+    VOTING = 1
+    REVEALING = 2
+
+
+FLAG_COMMITTED, FLAG_REVEALED, FLAG_FAULT = 1, 4, 8
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a publisher posts. ``target_bps``/``target_nonce`` stay private until ``reveal_target``;
+    only their commitment goes on chain. Keys are 33-byte compressed secp256k1 points."""
+
+    model_hash: bytes
+    publisher_key: bytes
+    aggregator_key: bytes
+    aggregator: str
+    rounds: int
+    deadline: int
+    target_bps: int
+    target_nonce: bytes
+    metadata_hash: bytes = b"\0" * 32
+    dataset_type: str = "mnist"
+    round_window_s: int = 3600
+    aggregator_share_bps: int = 1000
+    quorum_bps: int = 5000
+    quant_bits: int = 15
+
+
+def target_commitment(target_bps: int, nonce: bytes) -> bytes:
+    """keccak256(abi.encode(uint256 targetBps, bytes32 nonce)), as checked by ``revealTarget``."""
+    return keccak(encode(["uint256", "bytes32"], [target_bps, nonce]))
+
+
+def dataset_type_bytes(name: str) -> bytes:
+    """A dataset name as right-padded bytes32 (at most 32 ASCII bytes)."""
+    raw = name.encode()
+    if len(raw) > 32:
+        raise ValueError("dataset type longer than 32 bytes")
+    return raw.ljust(32, b"\0")
+
+
+def compact_signature(sig: bytes) -> tuple[bytes, bytes]:
+    """EIP-2098 (r, vs) from a 65-byte (r, s, v) signature."""
+    if len(sig) != 65:
+        raise eip712.SignatureError("signature must be 65 bytes (r, s, v)")
+    r, s, v = sig[:32], int.from_bytes(sig[32:64], "big"), sig[64]
+    if v < 27:
+        v += 27
+    if v not in (27, 28):
+        raise eip712.SignatureError(f"bad recovery id v={v}")
+    vs = s | ((v - 27) << 255)
+    return r, vs.to_bytes(32, "big")
+
+
+def participants_hash(epoch: int, participants: Sequence[tuple[str, bytes]]) -> bytes:
+    """The contract's keccak chain over (miner, commitment), seeded with the epoch number."""
+    h = epoch.to_bytes(32, "big")
+    for miner, commit in participants:
+        h = keccak(encode(["bytes32", "address", "bytes32"], [h, to_checksum_address(miner), commit]))
+    return h
+
+
+class ModelMineClient:
+    """Typed wrapper around one deployed ModelMine contract on a :class:`Chain`.
+
+    Accounts passed to state-changing methods are ``eth_account`` LocalAccounts; the client never
+    stores or logs their keys.
+    """
+
+    ARTIFACT = "ModelMine"
+
+    def __init__(self, chain: Chain, address: str) -> None:
+        art = load_artifact(self.ARTIFACT)
+        self.chain = chain
+        self.address = to_checksum_address(address)
+        self.abi = art["abi"]
+        chain.register_errors(self.abi)
+        self.contract = chain.w3.eth.contract(address=self.address, abi=self.abi)
+        self.domain = eip712.Domain(chain_id=chain.chain_id, verifying_contract=self.address)
+        self._topics: dict[bytes, str] = {}
+        for item in self.abi:
+            if item["type"] == "event":
+                sig = f"{item['name']}({','.join(_canon(i) for i in item['inputs'])})"
+                self._topics[keccak(text=sig)] = item["name"]
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def deploy(
+        cls,
+        chain: Chain,
+        deployer: LocalAccount,
+        *,
+        treasury: str | None = None,
+        owner: str | None = None,
+        fee_bps: int | None = None,
+        min_stake_wei: int | None = None,
+        slash_bps: int | None = None,
+        unbonding_s: int | None = None,
+    ) -> ModelMineClient:
+        """Deploy a new ModelMine; unspecified parameters come from ``chain.cfg``."""
+        cfg = chain.cfg
+        art = load_artifact(cls.ARTIFACT)
+        address, _ = chain.deploy(
+            art["abi"],
+            art["bytecode"],
+            deployer,
+            to_checksum_address(owner or deployer.address),
+            to_checksum_address(treasury or deployer.address),
+            cfg.fee_bps if fee_bps is None else fee_bps,
+            cfg.min_stake_wei if min_stake_wei is None else min_stake_wei,
+            cfg.slash_bps if slash_bps is None else slash_bps,
+            cfg.unbonding_s if unbonding_s is None else unbonding_s,
+        )
+        return cls(chain, address)
+
+    @classmethod
+    def from_config(cls, cfg: Any, deployer: LocalAccount | None = None) -> ModelMineClient | None:
+        """Connect per a ``conf/chain/*.yaml`` mapping: None for backend "none"; attach to
+        ``contract_address`` when set, else deploy from ``deployer`` (or the configured key, or a
+        generated funded account on dev chains)."""
+        conf = cfg if isinstance(cfg, ChainConfig) else ChainConfig.from_mapping(cfg)
+        if conf.backend == "none":
+            return None
+        chain = Chain(conf)
+        if conf.contract_address:
+            return cls(chain, conf.contract_address)
+        deployer = deployer or load_account(conf.deployer_key_file, conf.deployer_key_env) or chain.funded_account()
+        return cls.deploy(chain, deployer)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _tx(self, fn: Any, sender: LocalAccount, value: int = 0) -> TxResult:
+        res = self.chain.transact(fn, sender, value=value)
+        res.events = self.decode_logs(res.logs)
+        return res
+
+    def decode_logs(self, logs: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(event name, args) for every log of this contract in ``logs``."""
+        out = []
+        for lg in logs:
+            if to_checksum_address(lg["address"]) != self.address or not lg["topics"]:
+                continue
+            name = self._topics.get(bytes(lg["topics"][0]))
+            if name is None:
+                continue
+            ev = self.contract.events[name]().process_log(lg)
+            out.append((name, dict(ev["args"])))
+        return out
+
+    def events(self, name: str, from_block: int = 0, **filters: Any) -> list[dict[str, Any]]:
+        """Args (plus ``blockNumber``, ``logIndex``) of every ``name`` event matching ``filters``
+        on indexed arguments, oldest first."""
+        ev = self.contract.events[name]()
+        logs = self.chain._retry(
+            lambda: ev.get_logs(from_block=from_block, to_block="latest", argument_filters=filters or None)
+        )
+        rows = []
+        for lg in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
+            rows.append({**dict(lg["args"]), "blockNumber": lg["blockNumber"], "logIndex": lg["logIndex"]})
+        return rows
+
+    def wait_for_event(
+        self,
+        name: str,
+        *,
+        from_block: int = 0,
+        timeout_s: float = 30.0,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+        **filters: Any,
+    ) -> dict[str, Any]:
+        """Poll until a ``name`` event (matching ``filters`` and ``predicate``) appears; TimeoutError."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for row in self.events(name, from_block=from_block, **filters):
+                if predicate is None or predicate(row):
+                    return row
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no {name} event within {timeout_s}s")
+            time.sleep(self.chain.cfg.poll_interval_s)
+
+    # ------------------------------------------------------------------ tasks
+
+    def publish_task(self, publisher: LocalAccount, spec: TaskSpec, reward_wei: int) -> tuple[int, TxResult]:
+        """Post a task with ``reward_wei`` escrowed; returns (task id, tx)."""
+        params = (
+            spec.metadata_hash,
+            spec.model_hash,
+            dataset_type_bytes(spec.dataset_type),
+            target_commitment(spec.target_bps, spec.target_nonce),
+            spec.publisher_key,
+            spec.aggregator_key,
+            to_checksum_address(spec.aggregator),
+            spec.rounds,
+            spec.deadline,
+            spec.round_window_s,
+            spec.aggregator_share_bps,
+            spec.quorum_bps,
+            spec.quant_bits,
+        )
+        res = self._tx(self.contract.functions.publishTask(params), publisher, value=reward_wei)
+        return int(res.event("TaskPublished")["taskId"]), res
+
+    def reveal_target(self, publisher: LocalAccount, task_id: int, target_bps: int, nonce: bytes) -> TxResult:
+        """Open the hidden target accuracy (completes the task if a finalized round reached it)."""
+        return self._tx(self.contract.functions.revealTarget(task_id, target_bps, nonce), publisher)
+
+    def cancel_task(self, publisher: LocalAccount, task_id: int) -> TxResult:
+        """Cancel; finalized rounds stay owed, the rest of the escrow is credited to the publisher."""
+        return self._tx(self.contract.functions.cancelTask(task_id), publisher)
+
+    def close_expired(self, sender: LocalAccount, task_id: int) -> TxResult:
+        """Close a task past its deadline (refunds rounds never finalized)."""
+        return self._tx(self.contract.functions.closeExpired(task_id), sender)
+
+    # ------------------------------------------------------------------ miners
+
+    def register_miner(self, miner: LocalAccount, public_key: bytes, stake_wei: int | None = None) -> TxResult:
+        """Register ``miner`` with its NDD-FE public key and stake (default cfg.stake_wei)."""
+        stake = self.chain.cfg.stake_wei if stake_wei is None else stake_wei
+        return self._tx(self.contract.functions.register(public_key), miner, value=stake)
+
+    def add_stake(self, miner: LocalAccount, amount_wei: int) -> TxResult:
+        return self._tx(self.contract.functions.addStake(), miner, value=amount_wei)
+
+    def request_unstake(self, miner: LocalAccount) -> TxResult:
+        return self._tx(self.contract.functions.requestUnstake(), miner)
+
+    def withdraw_stake(self, miner: LocalAccount) -> TxResult:
+        return self._tx(self.contract.functions.withdrawStake(), miner)
+
+    # ------------------------------------------------------------------ round: commit
+
+    def _submission_items(self, task_id: int, round_: int, support_hash: bytes, subs: Sequence[Signed]) -> list:
+        items = []
+        for msg, sig in subs:
+            if not isinstance(msg, eip712.Submission):
+                raise TypeError("submissions must be (eip712.Submission, signature) pairs")
+            if (msg.taskId, msg.round, bytes(msg.supportHash)) != (task_id, round_, bytes(support_hash)):
+                raise ValueError(f"submission for task {msg.taskId} round {msg.round} does not belong to this batch")
+            r, vs = compact_signature(sig)
+            items.append((bytes(msg.ciphertextHash), bytes(msg.commitment), r, vs))
+        return items
+
+    def commit(self, miner: LocalAccount, task_id: int, round_: int, support_hash: bytes,
+               ciphertext_hash: bytes, commitment: bytes) -> TxResult:
+        """The miner posts its own submission (censorship fallback)."""
+        fn = self.contract.functions.commit(task_id, round_, support_hash, ciphertext_hash, commitment)
+        return self._tx(fn, miner)
+
+    def relay_submissions(self, relayer: LocalAccount, task_id: int, round_: int, support_hash: bytes,
+                          submissions: Sequence[Signed]) -> TxResult:
+        """Relay signed submissions during the commit phase (before ``propose``)."""
+        items = self._submission_items(task_id, round_, support_hash, submissions)
+        return self._tx(self.contract.functions.commitBatch(task_id, round_, support_hash, items), relayer)
+
+    def propose(self, aggregator: LocalAccount, task_id: int, round_: int, model_hash: bytes, support_hash: bytes,
+                k: int, submissions: Sequence[Signed] = ()) -> TxResult:
+        """Aggregator only: relay the (remaining) signed submissions and post the candidate block."""
+        items = self._submission_items(task_id, round_, support_hash, submissions)
+        fn = self.contract.functions.propose(task_id, round_, model_hash, support_hash, k, items)
+        return self._tx(fn, aggregator)
+
+    # ------------------------------------------------------------------ round: vote
+
+    def vote(self, miner: LocalAccount, task_id: int, round_: int, model_hash: bytes, accept: bool,
+             accuracy_bps: int, participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+        """The participant votes directly."""
+        plist = list(participants) if participants is not None else self.participants(task_id)
+        index = [to_checksum_address(m) for m, _ in plist].index(miner.address)
+        fn = self.contract.functions.vote(task_id, round_, model_hash, accept, accuracy_bps, plist, index)
+        return self._tx(fn, miner)
+
+    def relay_votes(self, relayer: LocalAccount, task_id: int, round_: int, model_hash: bytes,
+                    votes: Sequence[Signed], participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+        """Relay signed votes; the contract finalizes in the same tx once every participant voted
+        (look for RoundFinalized / RoundRejected in ``.events``). ``participants`` defaults to
+        :meth:`participants` (read from events)."""
+        plist = list(participants) if participants is not None else self.participants(task_id)
+        index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
+        items = []
+        for msg, sig in votes:
+            if not isinstance(msg, eip712.Vote):
+                raise TypeError("votes must be (eip712.Vote, signature) pairs")
+            if (msg.taskId, msg.round, bytes(msg.modelHash)) != (task_id, round_, bytes(model_hash)):
+                raise ValueError(f"vote for task {msg.taskId} round {msg.round} does not belong to this batch")
+            signer = eip712.recover(self.domain, msg, sig)
+            if signer not in index:
+                raise eip712.SignatureError(f"vote signed by {signer}, not a participant")
+            items.append((index[signer], bool(msg.accept), int(msg.accuracyBps), *compact_signature(sig)))
+        fn = self.contract.functions.voteBatch(task_id, round_, model_hash, plist, items)
+        return self._tx(fn, relayer)
+
+    def finalize(self, sender: LocalAccount, task_id: int) -> TxResult:
+        """Decide the candidate after the vote window (or once rejection is certain)."""
+        return self._tx(self.contract.functions.finalize(task_id), sender)
+
+    # ------------------------------------------------------------------ round: reveal and settle
+
+    def participants(self, task_id: int) -> list[tuple[str, bytes]]:
+        """The current epoch's (miner, commitment) list in submission order, from Committed events;
+        checked against the on-chain participants hash."""
+        rs = self.round_state(task_id)
+        rows = self.events("Committed", taskId=task_id, round=rs["round"])
+        out = [(r["miner"], bytes(r["commitment"])) for r in rows if r["epoch"] == rs["epoch"]]
+        if participants_hash(rs["epoch"], out) != rs["participantsHash"]:
+            raise ChainError(f"participant list of task {task_id} does not match the chain (missing logs?)")
+        return out
+
+    def reveal(self, miner: LocalAccount, task_id: int, round_: int, score: int, nonce: bytes,
+               participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+        """The participant opens its own commitment (reverts RevealMismatch / ScoreTooLarge)."""
+        plist = list(participants) if participants is not None else self.participants(task_id)
+        index = [to_checksum_address(m) for m, _ in plist].index(miner.address)
+        fn = self.contract.functions.reveal(task_id, round_, score, nonce, plist, index)
+        return self._tx(fn, miner)
+
+    def relay_reveals(self, relayer: LocalAccount, task_id: int, round_: int, reveals: Sequence[Signed],
+                      participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+        """Relay signed reveals (invalid openings are recorded as faults and slashed, not reverted);
+        settles in the same tx once every participant revealed (RoundSettled in ``.events``)."""
+        plist = list(participants) if participants is not None else self.participants(task_id)
+        index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
+        items = []
+        for msg, sig in reveals:
+            if not isinstance(msg, eip712.Reveal):
+                raise TypeError("reveals must be (eip712.Reveal, signature) pairs")
+            if (msg.taskId, msg.round) != (task_id, round_):
+                raise ValueError(f"reveal for task {msg.taskId} round {msg.round} does not belong to this batch")
+            signer = eip712.recover(self.domain, msg, sig)
+            if signer not in index:
+                raise eip712.SignatureError(f"reveal signed by {signer}, not a participant")
+            items.append((index[signer], int(msg.score), bytes(msg.nonce), *compact_signature(sig)))
+        return self._tx(self.contract.functions.revealBatch(task_id, round_, plist, items), relayer)
+
+    def settle(self, sender: LocalAccount, task_id: int,
+               participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+        """Pay the finalized round after its reveal window; slashes non-revealers."""
+        plist = list(participants) if participants is not None else self.participants(task_id)
+        return self._tx(self.contract.functions.settle(task_id, plist), sender)
+
+    # ------------------------------------------------------------------ balances
+
+    def claim(self, account: LocalAccount) -> int:
+        """Withdraw everything owed to ``account``; returns the amount (reverts NothingToClaim)."""
+        res = self._tx(self.contract.functions.claim(), account)
+        return int(res.event("Claimed")["amount"])
+
+    def owed(self, address: str) -> int:
+        """Wei ``address`` can claim now."""
+        return int(self.chain.call(self.contract.functions.owed(to_checksum_address(address))))
+
+    # ------------------------------------------------------------------ views
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        """The stored task as a dict (field names as in Solidity)."""
+        return self._struct("Task", self.chain.call(self.contract.functions.getTask(task_id)))
+
+    def round_state(self, task_id: int) -> dict[str, Any]:
+        """The task's current round attempt (round, epoch, phase, counts, deadline, hashes...)."""
+        return self._struct("RoundState", self.chain.call(self.contract.functions.getRound(task_id)))
+
+    def miner_round(self, task_id: int, miner: str) -> dict[str, Any]:
+        """A miner's per-task record (epoch, round, flags, commitTag, score)."""
+        fn = self.contract.functions.minerRound(task_id, to_checksum_address(miner))
+        return self._struct("MinerRound", self.chain.call(fn))
+
+    def miner(self, address: str) -> dict[str, Any]:
+        """A miner's stake record (stake, unlockAt, registered)."""
+        return self._struct("Miner", self.chain.call(self.contract.functions.miner(to_checksum_address(address))))
+
+    def max_score(self, task_id: int) -> int:
+        """Largest revealable score for the current round: k * (2^(bits-1)-1)^2."""
+        return int(self.chain.call(self.contract.functions.maxScore(task_id)))
+
+    def task_count(self) -> int:
+        return int(self.chain.call(self.contract.functions.taskCount()))
+
+    def _struct(self, name: str, values: Any) -> dict[str, Any]:
+        if isinstance(values, dict):
+            return dict(values)
+        for item in self.abi:
+            for out in item.get("outputs", []) or []:
+                if out.get("internalType", "").endswith(f".{name}"):
+                    return {c["name"]: v for c, v in zip(out["components"], values, strict=True)}
+        raise KeyError(name)
+
+
+def _canon(item: dict[str, Any]) -> str:
+    t = item["type"]
+    if t.startswith("tuple"):
+        return "(" + ",".join(_canon(c) for c in item["components"]) + ")" + t[5:]
+    return t
