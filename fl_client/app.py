@@ -5,21 +5,28 @@ Contract of the messages (keys of the ``config`` ConfigRecord sent by fl_server.
   in deployment the node config's ``data-dir`` names the folder directly.
 - ``model-spec``: JSON ``{"name", "kwargs"}`` (aggregator.models.ModelSpec).
 - ``epochs``, ``batch-size``, ``lr``, ``optimizer``, ``momentum``, ``weight-decay``, ``seed``, ``server-round``.
-Replies: ``arrays`` (trained weights) and ``metrics`` with ``num-examples``, ``train-loss``,
+With the ``mm-*`` keys of aggregator.protocol.RoundPlan the round is secure: the reply holds a
+``submission`` ConfigRecord (ciphertext, commitment, EIP-712 signature) instead of weights.
+Otherwise replies hold ``arrays`` (trained weights) and ``metrics`` with ``num-examples``, ``train-loss``,
 ``train-accuracy``, ``train-seconds`` (train) or ``num-examples``, ``eval-loss``, ``eval-accuracy``
 (evaluate, on the miner's local validation split).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from aggregator.models import ModelSpec, build_model, load_state_checked
+from aggregator.models import ModelSpec, build_model, flatten_state, load_state_checked
+from aggregator.protocol import RoundPlan
 from fl_client.data import LocalData, load_local_data, make_loader
+from fl_client.identity import load_identity
+from fl_client.secure_update import MinerState, build_submission
 from fl_client.train import TrainConfig, evaluate, train
 
 app = ClientApp()
@@ -67,23 +74,48 @@ def train_config(config: ConfigRecord) -> TrainConfig:
     )
 
 
+def secure_reply(msg: Message, context: Context, model: torch.nn.Module, global_flat: np.ndarray) -> RecordDict:
+    """DGC + quantize + commit + encrypt + sign the update; the reply holds no plaintext weights."""
+    config = msg.content["config"]
+    plan = RoundPlan.from_config(config)
+    folder = data_folder(config, context)
+    identity = load_identity(folder)
+    store = MinerState(folder, plan.task_id)
+    state = store.load_dgc(plan)
+    delta = flatten_state(model.state_dict()) - global_flat
+    t0 = time.perf_counter()
+    result = build_submission(delta, plan, identity, state, np.random.default_rng())
+    store.save_dgc(state)
+    store.save_opening(plan.round, result.opening)
+    metrics = {
+        "k": result.k,
+        "upload-bytes": result.submission.wire_bytes,
+        "dense-bytes": result.dense_bytes,
+        "protect-seconds": time.perf_counter() - t0,
+    }
+    return RecordDict({"submission": ConfigRecord(result.submission.to_config()), "metrics": MetricRecord(metrics)})
+
+
 @app.train()
 def train_handler(msg: Message, context: Context) -> Message:
     _threads(context)
     config = msg.content["config"]
     data = local_data(config, context)
     model = received_model(msg)
+    global_flat = flatten_state(model.state_dict())
     cfg = train_config(config)
     result = train(model, make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg)
-    metrics = MetricRecord(
-        {
-            "num-examples": result.num_examples,
-            "train-loss": result.loss,
-            "train-accuracy": result.accuracy,
-            "train-seconds": result.seconds,
-        }
-    )
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    train_metrics = {
+        "num-examples": result.num_examples,
+        "train-loss": result.loss,
+        "train-accuracy": result.accuracy,
+        "train-seconds": result.seconds,
+    }
+    if "mm-version" in config:
+        content = secure_reply(msg, context, model, global_flat)
+        content["metrics"] = MetricRecord({**dict(content["metrics"]), **train_metrics})
+    else:  # dense plaintext FedAvg (baselines)
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(train_metrics)})
     return Message(content=content, reply_to=msg)
 
 

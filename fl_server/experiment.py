@@ -22,10 +22,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aggregator.datasets import get_spec
+from aggregator.dgc import DGCConfig
+from aggregator.eip712 import Domain
 from aggregator.models import ModelSpec, build_model, num_parameters
-from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, prepare, server_test_path
+from aggregator.secagg import AggregatorKeys, PublisherKeys
+from fl_client.identity import create_identity
+from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, miner_dir, prepare, server_test_path
 from fl_server.evaluation import ServerEvaluator
+from fl_server.key_service import PublisherKeyService, new_credential
+from fl_server.registry import MinerRegistry
 from fl_server.results import PeakMemory, RoundRecord, Stopwatch, plot_rounds, write_rounds, write_summary
+from fl_server.secure_aggregation import SecureRound, SecureSettings
 from fl_server.selection import RandomSelector
 from fl_server.strategy import ModelMineStrategy, ServerOptimizer
 
@@ -78,6 +85,51 @@ def train_config(cfg: DictConfig, part: PartitionConfig, spec: ModelSpec, root: 
     )
 
 
+def secure_mode(cfg: DictConfig) -> bool:
+    """Dense plaintext FedAvg only for ``secagg=none dgc.enabled=false``; everything else is a secure round."""
+    return str(cfg.secagg.backend) != "none" or bool(cfg.dgc.enabled)
+
+
+def dgc_config(cfg: DictConfig) -> DGCConfig:
+    g = cfg.dgc
+    if not g.enabled:  # secure aggregation of the whole update: every coordinate, every round
+        return DGCConfig(density=1.0, momentum=0.0, warmup_rounds=0, support="shared")
+    return DGCConfig(
+        density=float(g.density),
+        momentum=float(g.momentum),
+        clip_norm=None if g.clip_norm is None else float(g.clip_norm),
+        momentum_masking=bool(g.momentum_masking),
+        warmup_rounds=int(g.warmup_rounds),
+        warmup_start=float(g.warmup_start),
+        warmup_factor=float(g.warmup_factor),
+        support=str(g.support),  # type: ignore[arg-type]
+    )
+
+
+def build_secure_round(cfg: DictConfig, part: PartitionConfig, root: Path, d: int) -> SecureRound:
+    """Keys for the simulated parties, the miners' public registry, the publisher's key service."""
+    folders = [miner_dir(root, part, i) for i in range(part.num_miners)]
+    for folder in folders:  # simulation set-up: each miner gets its own keys in its own folder
+        if not (folder / "keys" / "public.json").exists():
+            create_identity(folder)
+    registry = MinerRegistry.from_miner_folders(folders)
+    backend = str(cfg.secagg.backend)
+    publisher = PublisherKeys.generate()
+    aggregator_keys = AggregatorKeys.generate()
+    credential = new_credential()
+    service = PublisherKeyService(backend, publisher, credential, registry.key_of)
+    settings = SecureSettings(
+        backend=backend,
+        bits=int(cfg.secagg.bits),
+        clip=float(cfg.secagg.clip),
+        dgc=dgc_config(cfg),
+        explore_fraction=float(cfg.dgc.explore_fraction),
+        task_id=int(cfg.task.id),
+        domain=Domain(int(cfg.task.chain_id), "0x" + "00" * 20),
+    )
+    return SecureRound(settings, d, registry, service, credential, publisher.public, aggregator_keys.public)
+
+
 def _table_line(r: RoundRecord) -> str:
     return (
         f"round {r.round:>3} | acc {r.accuracy * 100:6.2f}% | loss {r.loss:.4f} | {r.round_seconds:6.1f} s | "
@@ -116,6 +168,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
     first = evaluator(0, initial_arrays)
     console.print(
         f"ModelMine: {part.num_miners} miners, {part.dataset} ({part.tag}), {spec.name} "
+        f"secagg={cfg.secagg.backend} dgc={'on' if cfg.dgc.enabled else 'off'}, "
         f"({num_parameters(initial):,} parameters), {cfg.rounds} rounds; initial accuracy "
         f"{float(first['accuracy']) * 100:.2f}%"
     )
@@ -129,11 +182,13 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         progress.console.print(_table_line(record))
         progress.advance(bar)
 
+    secure = build_secure_round(cfg, part, root, num_parameters(initial)) if secure_mode(cfg) else None
     strategy = ModelMineStrategy(
         selector=RandomSelector(per_round=int(sel.per_round), min_available=int(sel.min_available), seed=int(cfg.seed)),
         server_optimizer=ServerOptimizer(lr=float(cfg.strategy.server_lr), momentum=float(cfg.strategy.server_momentum)),
         on_round=on_round,
         min_replies=int(cfg.strategy.min_replies),
+        secure=secure,
     )
     server_app = ServerApp()
 
@@ -181,6 +236,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         "dataset": part.dataset,
         "partition": part.tag,
         "model": spec.name,
+        "secagg": str(cfg.secagg.backend),
+        "dgc": bool(cfg.dgc.enabled),
+        "mean_upload_bytes_per_miner": sum(r.upload_bytes_per_miner for r in records) / len(records),
         "parameters": num_parameters(initial),
         "rejected_replies": len(strategy.rejections),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -19,17 +19,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from aggregator.models import flatten_state, unflatten_like
+from aggregator.models import flatten_state, model_hash, state_to_bytes, unflatten_like
+from aggregator.protocol import RoundPlan
 from fl_server.results import RoundRecord
+from fl_server.secure_aggregation import Accepted, ReplyRejected, RoundFailed, SecureRound, public_seed
 from fl_server.selection import RandomSelector
 
 log = logging.getLogger("modelmine.strategy")
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
-
-
-class ReplyRejected(ValueError):
-    """A miner's reply that cannot be used; the message says why."""
 
 
 @dataclass
@@ -94,6 +92,7 @@ class ModelMineStrategy(FedAvg):
         server_optimizer: ServerOptimizer | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
         min_replies: int = 1,
+        secure: SecureRound | None = None,
     ) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.selector = selector
@@ -101,9 +100,13 @@ class ModelMineStrategy(FedAvg):
         self.on_round = on_round
         self.min_replies = min_replies
         self.records: list[RoundRecord] = []
+        self.accepted: dict[int, list] = {}  # round -> accepted SignedSubmissions (commitments for the chain)
         self.rejections: list[tuple[int, str]] = []
+        self.secure = secure
         self._global: dict[str, torch.Tensor] | None = None
         self._round_info: dict[str, float] = {}
+        self._plan: RoundPlan | None = None
+        self._selected: set[int] = set()
 
     # -- Flower hooks ------------------------------------------------------------------------
     def configure_train(
@@ -112,7 +115,14 @@ class ModelMineStrategy(FedAvg):
         node_ids = self.selector.select(list(grid.get_node_ids()), server_round)
         config = ConfigRecord(dict(config))
         config["server-round"] = server_round
+        if self.secure is not None:
+            assert self._global is not None
+            seed = public_seed(self.secure.settings.task_id, server_round, model_hash(state_to_bytes(self._global)))
+            self._plan = self.secure.plan(server_round, seed)
+            for key, value in self._plan.to_config().items():
+                config[key] = value
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        self._selected = set(node_ids)
         self._round_info["selected"] = len(node_ids)
         return self._construct_messages(record, node_ids, "train")
 
@@ -121,6 +131,8 @@ class ModelMineStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._global is not None, "start() sets the global model before the first round"
         current = flatten_state(self._global)
+        if self.secure is not None:
+            return self._aggregate_secure(server_round, replies, current)
         valid: list[ValidUpdate] = []
         for reply in replies:
             try:
@@ -141,6 +153,41 @@ class ModelMineStrategy(FedAvg):
         self._round_info["train_loss"] = sum(u.metrics.get("train-loss", 0.0) * u.num_examples for u in valid) / total
         self._round_info["train_seconds"] = float(np.mean([u.metrics.get("train-seconds", 0.0) for u in valid]))
         metrics = MetricRecord({"train-loss": self._round_info["train_loss"], "num-examples": total})
+        return ArrayRecord(self._global), metrics
+
+    def _aggregate_secure(
+        self, server_round: int, replies: Iterable[Message], current: np.ndarray
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Verify signed, encrypted submissions and apply the decrypted mean of the valid set only."""
+        assert self.secure is not None and self._plan is not None and self._global is not None
+        accepted: list[Accepted] = []
+        for reply in replies:
+            try:
+                accepted.append(self.secure.verify_reply(self._plan, reply, self._selected))
+            except ReplyRejected as exc:
+                log.warning("round %d: rejected reply: %s", server_round, exc)
+                self.rejections.append((server_round, str(exc)))
+        info = self._round_info
+        info["received"] = len(accepted)
+        info["k"] = float(self._plan.support.size) if self._plan.support is not None else float("nan")
+        info["upload_bytes"] = float(np.mean([a.submission.wire_bytes for a in accepted])) if accepted else 0.0
+        info["train_loss"] = float(np.mean([a.metrics.get("train-loss", np.nan) for a in accepted])) if accepted else np.nan
+        info["train_seconds"] = float(np.mean([a.metrics.get("train-seconds", np.nan) for a in accepted])) if accepted else np.nan
+        info["protect_seconds"] = float(np.mean([a.metrics.get("protect-seconds", np.nan) for a in accepted])) if accepted else np.nan
+        if len(accepted) < self.min_replies:
+            log.warning("round %d: %d valid submissions < %d; global model unchanged", server_round, len(accepted), self.min_replies)
+            return None, None
+        try:
+            mean_update = self.secure.aggregate(self._plan, accepted)
+        except RoundFailed as exc:
+            log.error("round %d failed, global model unchanged: %s", server_round, exc)
+            self.rejections.append((server_round, f"round failed: {exc}"))
+            info["failed"] = 1.0
+            return None, None
+        self.accepted[server_round] = [a.submission for a in accepted]
+        new = self.server_optimizer.step(current, current + mean_update)
+        self._global = unflatten_like(new.astype(np.float32), self._global)
+        metrics = MetricRecord({"train-loss": info["train_loss"], "num-submissions": len(accepted)})
         return ArrayRecord(self._global), metrics
 
     # -- round loop ----------------------------------------------------------------------------
@@ -192,6 +239,7 @@ class ModelMineStrategy(FedAvg):
                 aggregate_seconds=aggregate_seconds,
                 train_loss=info.get("train_loss", float("nan")),
                 train_seconds_mean=info.get("train_seconds", float("nan")),
+                extra={k: info[k] for k in ("k", "protect_seconds", "failed") if k in info},
             )
             self.records.append(record)
             if self.on_round:

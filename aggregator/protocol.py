@@ -1,0 +1,182 @@
+"""The secure round's wire protocol: what the server asks (RoundPlan) and what a miner answers
+(Submission payload), as plain dataclasses with (de)serialization to Flower ConfigRecord values.
+
+Both sides import this module so the keys and byte formats cannot drift. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from eth_utils import keccak
+
+from aggregator.dgc import DGCConfig
+from aggregator.eip712 import Domain, Submission
+from aggregator.support import support_hash, validate_indices
+
+PROTOCOL_VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """A round plan or submission whose fields are missing, mistyped or inconsistent."""
+
+
+def indices_to_bytes(indices: np.ndarray) -> bytes:
+    """Support indices as uint32 little-endian bytes (the bytes ``support_hash`` hashes)."""
+    return validate_indices(indices).astype("<u4").tobytes()
+
+
+def indices_from_bytes(data: bytes, d: int) -> np.ndarray:
+    if not isinstance(data, bytes | bytearray) or len(data) % 4:
+        raise ProtocolError("support must be bytes holding uint32 indices")
+    return validate_indices(np.frombuffer(bytes(data), dtype="<u4").astype(np.int64), d)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Everything a selected miner needs to produce its round-``round`` submission."""
+
+    task_id: int
+    round: int
+    d: int  # flattened model size
+    backend: str  # none | masked | nddfe
+    bits: int
+    clip: float
+    support: np.ndarray | None  # shared S_t (sorted int64); None in local-support mode
+    density: float  # this round's DGC density (local mode uses it for top-k)
+    dgc: DGCConfig
+    publisher_public: bytes
+    aggregator_public: bytes
+    domain: Domain
+
+    @property
+    def support_hash(self) -> bytes:
+        return support_hash(self.support) if self.support is not None else keccak(b"local-support")
+
+    def to_config(self) -> dict[str, Any]:
+        """Values for a Flower ConfigRecord (keys prefixed ``mm-``)."""
+        cfg = self.dgc
+        return {
+            "mm-version": PROTOCOL_VERSION,
+            "mm-task-id": self.task_id,
+            "mm-round": self.round,
+            "mm-d": self.d,
+            "mm-backend": self.backend,
+            "mm-bits": self.bits,
+            "mm-clip": float(self.clip),
+            "mm-support": indices_to_bytes(self.support) if self.support is not None else b"",
+            "mm-support-mode": cfg.support,
+            "mm-density": float(self.density),
+            "mm-dgc-target-density": float(cfg.density),
+            "mm-dgc-momentum": float(cfg.momentum),
+            "mm-dgc-clip-norm": float(cfg.clip_norm or 0.0),
+            "mm-dgc-momentum-masking": bool(cfg.momentum_masking),
+            "mm-publisher-public": self.publisher_public,
+            "mm-aggregator-public": self.aggregator_public,
+            "mm-chain-id": self.domain.chain_id,
+            "mm-verifying-contract": self.domain.verifying_contract,
+        }
+
+    @classmethod
+    def from_config(cls, config: Any) -> RoundPlan:
+        """Parse a ConfigRecord (or dict); raises ProtocolError naming the bad field."""
+        try:
+            if int(config["mm-version"]) != PROTOCOL_VERSION:
+                raise ProtocolError(f"protocol version {config['mm-version']} != {PROTOCOL_VERSION}")
+            d = int(config["mm-d"])
+            mode = str(config["mm-support-mode"])
+            clip_norm = float(config["mm-dgc-clip-norm"])
+            dgc = DGCConfig(
+                density=float(config["mm-dgc-target-density"]),
+                momentum=float(config["mm-dgc-momentum"]),
+                clip_norm=clip_norm if clip_norm > 0 else None,
+                momentum_masking=bool(config["mm-dgc-momentum-masking"]),
+                support=mode,  # type: ignore[arg-type]
+            )
+            support = indices_from_bytes(config["mm-support"], d) if mode == "shared" else None
+            return cls(
+                task_id=int(config["mm-task-id"]),
+                round=int(config["mm-round"]),
+                d=d,
+                backend=str(config["mm-backend"]),
+                bits=int(config["mm-bits"]),
+                clip=float(config["mm-clip"]),
+                support=support,
+                density=float(config["mm-density"]),
+                dgc=dgc,
+                publisher_public=bytes(config["mm-publisher-public"]),
+                aggregator_public=bytes(config["mm-aggregator-public"]),
+                domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
+            )
+        except KeyError as exc:
+            raise ProtocolError(f"round plan lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ProtocolError):
+                raise
+            raise ProtocolError(f"malformed round plan: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SignedSubmission:
+    """A miner's answer: encrypted quantized update, score commitment and EIP-712 signature.
+
+    In ``local`` support mode (plaintext only) ``indices`` carries the miner's own top-k indices.
+    """
+
+    address: str
+    task_id: int
+    round: int
+    ciphertext: bytes
+    commitment: bytes
+    signature: bytes
+    indices: bytes = b""
+
+    def message(self, support_hash_: bytes) -> Submission:
+        """The EIP-712 Submission this payload claims to be signed over."""
+        return Submission(
+            taskId=self.task_id,
+            round=self.round,
+            supportHash=support_hash_,
+            ciphertextHash=keccak(self.ciphertext),
+            commitment=self.commitment,
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "mm-address": self.address,
+            "mm-task-id": self.task_id,
+            "mm-round": self.round,
+            "mm-ciphertext": self.ciphertext,
+            "mm-commitment": self.commitment,
+            "mm-signature": self.signature,
+            "mm-indices": self.indices,
+        }
+
+    @classmethod
+    def from_config(cls, config: Any) -> SignedSubmission:
+        try:
+            sub = cls(
+                address=str(config["mm-address"]),
+                task_id=int(config["mm-task-id"]),
+                round=int(config["mm-round"]),
+                ciphertext=bytes(config["mm-ciphertext"]),
+                commitment=bytes(config["mm-commitment"]),
+                signature=bytes(config["mm-signature"]),
+                indices=bytes(config.get("mm-indices", b"")) if hasattr(config, "get") else b"",
+            )
+        except KeyError as exc:
+            raise ProtocolError(f"submission lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed submission: {exc}") from exc
+        if len(sub.commitment) != 32:
+            raise ProtocolError("commitment must be 32 bytes")
+        if len(sub.signature) != 65:
+            raise ProtocolError("signature must be 65 bytes")
+        return sub
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes of the payload fields (ciphertext, indices, commitment, signature, address)."""
+        return len(self.ciphertext) + len(self.indices) + 32 + 65 + 20

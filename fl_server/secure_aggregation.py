@@ -1,0 +1,189 @@
+"""The server's half of a secure round: plan the round, verify submissions, decrypt only the sum.
+
+``SecureRound`` never sees one miner's plaintext update in ``masked`` and ``nddfe`` modes: it checks
+signatures and sizes of opaque ciphertexts, asks the publisher's key service for the key of the set
+I that submitted valid, in-time payloads, and decrypts the sum over I. (``none`` is the plaintext
+baseline: there the sum is computed in the clear.)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from eth_utils import keccak
+from flwr.app import Message, RecordDict
+
+from aggregator import eip712, quantize, secagg
+from aggregator.dgc import DGCConfig, k_for_density
+from aggregator.eip712 import Domain, SignatureError
+from aggregator.protocol import ProtocolError, RoundPlan, SignedSubmission, indices_from_bytes
+from aggregator.support import select_support
+from fl_server.registry import MinerRegistry, RegistryError
+
+log = logging.getLogger("modelmine.secure")
+
+
+class ReplyRejected(ValueError):
+    """A miner's reply that cannot be used; the message says why."""
+
+
+class RoundFailed(RuntimeError):
+    """The round produced no usable aggregate (too few submissions, key refused, decryption miss)."""
+
+
+class KeyService(Protocol):
+    def functional_key(
+        self, credential: bytes, task_id: int, round_: int, addresses: list[str], indices: np.ndarray
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    backend: str  # none | masked | nddfe
+    bits: int
+    clip: float
+    dgc: DGCConfig
+    explore_fraction: float
+    task_id: int
+    domain: Domain
+
+
+@dataclass(frozen=True)
+class Accepted:
+    node_id: int
+    submission: SignedSubmission
+    metrics: dict[str, float]
+    indices: np.ndarray  # support the values are on (S_t, or the miner's own in local mode)
+
+
+@dataclass
+class SecureRound:
+    settings: SecureSettings
+    d: int
+    registry: MinerRegistry
+    key_service: KeyService
+    credential: bytes = field(repr=False)
+    publisher_public: bytes
+    aggregator_public: bytes
+    prev_aggregate: np.ndarray | None = None
+    _seen: set[tuple[str, int, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        if s.backend not in secagg.BACKENDS:
+            raise ValueError(f"secagg backend must be one of {secagg.BACKENDS}, got {s.backend!r}")
+        if s.dgc.support == "local" and s.backend != "none":
+            raise ValueError("dgc.support=local reveals each miner's coordinates: use it only with secagg=none")
+
+    def plan(self, server_round: int, public_seed: bytes) -> RoundPlan:
+        """This round's plan; the shared support comes from the last aggregate and ``public_seed``."""
+        s = self.settings
+        density = s.dgc.density_at(server_round)
+        support = None
+        if s.dgc.support == "shared":
+            k = k_for_density(self.d, density)
+            support = select_support(self.prev_aggregate, k, public_seed, self.d, s.explore_fraction)
+        return RoundPlan(
+            task_id=s.task_id,
+            round=server_round,
+            d=self.d,
+            backend=s.backend,
+            bits=s.bits,
+            clip=s.clip,
+            support=support,
+            density=density,
+            dgc=s.dgc,
+            publisher_public=self.publisher_public,
+            aggregator_public=self.aggregator_public,
+            domain=s.domain,
+        )
+
+    def verify_reply(self, plan: RoundPlan, reply: Message, selected: set[int]) -> Accepted:
+        """:meth:`verify` on a Flower reply (an error reply is rejected with its reason)."""
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise ReplyRejected(f"node {node} replied with an error: {reply.error.reason}")
+        return self.verify(plan, node, reply.content, selected)
+
+    def verify(self, plan: RoundPlan, node: int, content: RecordDict, selected: set[int]) -> Accepted:
+        """Check one reply: from a selected node, signed by its registered miner, for this task and
+        round, never seen before, with a ciphertext of exactly the expected size."""
+        if node not in selected:
+            raise ReplyRejected(f"node {node} was not selected for round {plan.round}")
+        if "submission" not in content.config_records:
+            raise ReplyRejected(f"node {node} sent no submission (plaintext weights are not accepted here)")
+        try:
+            sub = SignedSubmission.from_config(content["submission"])
+        except ProtocolError as exc:
+            raise ReplyRejected(f"node {node}: {exc}") from exc
+        if sub.task_id != plan.task_id or sub.round != plan.round:
+            raise ReplyRejected(
+                f"node {node} submitted for task {sub.task_id} round {sub.round}, expected {plan.task_id}/{plan.round}"
+            )
+        key = (sub.address, sub.task_id, sub.round)
+        if key in self._seen:
+            raise ReplyRejected(f"replay: {sub.address} already submitted for round {plan.round}")
+        if plan.support is not None:
+            indices = plan.support
+            shash = plan.support_hash
+        else:
+            try:
+                indices = indices_from_bytes(sub.indices, plan.d)
+            except (ProtocolError, ValueError) as exc:
+                raise ReplyRejected(f"node {node}: bad indices: {exc}") from exc
+            if indices.size > k_for_density(plan.d, plan.density):
+                raise ReplyRejected(f"node {node} sent {indices.size} coordinates, more than the round's density allows")
+            shash = plan.support_hash
+        expected = secagg.ciphertext_size(plan.backend, int(indices.size))  # type: ignore[arg-type]
+        if len(sub.ciphertext) != expected:
+            raise ReplyRejected(f"node {node} ciphertext is {len(sub.ciphertext)} bytes, expected {expected}")
+        try:
+            eip712.verify(plan.domain, sub.message(shash), sub.signature, sub.address)
+            self.registry.bind(node, sub.address)
+        except (SignatureError, RegistryError) as exc:
+            raise ReplyRejected(f"node {node}: {exc}") from exc
+        self._seen.add(key)
+        metrics = {k: float(v) for k, v in content["metrics"].items()} if "metrics" in content.metric_records else {}
+        return Accepted(node, sub, metrics, indices)
+
+    def aggregate(self, plan: RoundPlan, accepted: list[Accepted]) -> np.ndarray:
+        """Mean update (dense float64, length d) of the accepted set I, from the sum only."""
+        if not accepted:
+            raise RoundFailed("no valid submission")
+        s = self.settings
+        n = len(accepted)
+        total = np.zeros(self.d, dtype=np.float64)
+        if plan.support is not None:
+            ordered = sorted(accepted, key=lambda a: a.submission.address)
+            addresses = [a.submission.address for a in ordered]
+            try:
+                key = self.key_service.functional_key(self.credential, plan.task_id, plan.round, addresses, plan.support)
+                summed = secagg.decrypt_sum(
+                    plan.backend,  # type: ignore[arg-type]
+                    [a.submission.ciphertext for a in ordered],
+                    key,
+                    n,
+                    s.bits,
+                    publisher_public=self.publisher_public,
+                    aggregator_public=self.aggregator_public,
+                )
+            except (secagg.SecAggError, PermissionError) as exc:
+                raise RoundFailed(f"secure aggregation failed: {exc}") from exc
+            total[plan.support] = quantize.dequantize_sum(summed, n, s.clip, s.bits, mean=True)
+        else:  # local support, plaintext only
+            for a in accepted:
+                plain_key = secagg.functional_key("none", None, [], plan.task_id, plan.round, a.indices)
+                values = secagg.decrypt_sum("none", [a.submission.ciphertext], plain_key, 1, s.bits)
+                total[a.indices] += quantize.dequantize(values, s.clip, s.bits)
+            total /= n
+        self.prev_aggregate = total
+        return total
+
+
+def public_seed(task_id: int, server_round: int, model_hash: bytes) -> bytes:
+    """Seed of the exploration slice: public, and fixed once the previous model is fixed."""
+    return keccak(b"modelmine/seed" + task_id.to_bytes(32, "big") + server_round.to_bytes(8, "big") + model_hash)
+

@@ -1,0 +1,49 @@
+import os
+import stat
+
+import pytest
+
+from fl_client.identity import (
+    ETH_ENV,
+    SECAGG_ENV,
+    IdentityError,
+    create_identity,
+    load_identity,
+    read_public_record,
+)
+
+
+def test_keys_are_private_files_and_round_trip(tmp_path):
+    identity = create_identity(tmp_path)
+    for name in ("eth.key", "secagg.key"):
+        assert stat.S_IMODE(os.stat(tmp_path / "keys" / name).st_mode) == 0o600
+    loaded = load_identity(tmp_path)
+    assert loaded.address == identity.address and loaded.secagg.public == identity.secagg.public
+    public = read_public_record(tmp_path)
+    assert public == {"address": identity.address, "secagg_public": identity.secagg.public.hex()}
+    assert identity.eth_key.hex() not in repr(identity) and identity.secagg.secret.hex() not in repr(identity)
+    with pytest.raises(IdentityError, match="refusing to overwrite"):
+        create_identity(tmp_path)
+
+
+def test_world_readable_key_is_refused(tmp_path):
+    create_identity(tmp_path)
+    os.chmod(tmp_path / "keys" / "eth.key", 0o644)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        load_identity(tmp_path)
+
+
+def test_env_vars_take_precedence_and_are_validated(tmp_path, monkeypatch):
+    source = create_identity(tmp_path / "a")
+    monkeypatch.setenv(ETH_ENV, "0x" + source.eth_key.hex())
+    monkeypatch.setenv(SECAGG_ENV, source.secagg.secret.hex())
+    assert load_identity(None).address == source.address
+    monkeypatch.setenv(SECAGG_ENV, "zz")
+    with pytest.raises(IdentityError, match="not hex"):
+        load_identity(None)
+
+
+def test_missing_keys_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv(ETH_ENV, raising=False)
+    with pytest.raises(IdentityError, match="make_miner_keys"):
+        load_identity(tmp_path)
