@@ -357,30 +357,39 @@ def functional_key(
     return FunctionalKey(scalars=tuple(t % CURVE_ORDER for t in total))
 
 
-def combine_ciphertexts(
-    ciphertexts: Sequence[NddfeCiphertext], key: FunctionalKey, publisher_public: bytes
-) -> tuple[object, np.ndarray, np.ndarray]:
-    """``E_j = sum_i U_ij - sk_j*P_T`` for every j: (raw cffi points, (k,33) encodings, identity mask)."""
-    if not ciphertexts:
-        raise NddfeError("no ciphertexts to decrypt")
-    k = key.k
-    for i, c in enumerate(ciphertexts):
-        if c.k != k:
-            raise MalformedCiphertextError(f"ciphertext #{i} has k={c.k}, the functional key has k={k}")
+def _combine_block(
+    points: Sequence[np.ndarray], scalars: Sequence[int], publisher_public: bytes, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``E_j = sum_i U_ij - sk_j*P_T`` for one block of coordinates.
+
+    ``points[i]`` is miner i's ``(c, 33)`` uint8 block, ``scalars`` the ``c`` key scalars, ``offset`` the
+    block's first position (for error messages). Returns ((c, 33) encodings, identity mask).
+    """
+    n = len(points)
+    c = len(scalars)
     pt = _parse_public(publisher_public, "publisher public key")
-    parsed = [c.parse(miner=i) for i, c in enumerate(ciphertexts)]
-    n = len(parsed)
+    parsed = []
+    parse = lib.secp256k1_ec_pubkey_parse
+    for i, block in enumerate(points):
+        arr = ffi.new("secp256k1_pubkey[]", max(c, 1))
+        src = ffi.from_buffer(np.ascontiguousarray(block, dtype=np.uint8))
+        for p in range(c):
+            if not parse(_CTX, arr + p, src + POINT_SIZE * p, POINT_SIZE):
+                raise MalformedCiphertextError(
+                    f"coordinate {offset + p} of ciphertext #{i} is not a point on secp256k1"
+                )
+        parsed.append(arr)
     ptrs = ffi.new("secp256k1_pubkey *[]", n + 1)
-    e = ffi.new("secp256k1_pubkey[]", max(k, 1))
-    out = ffi.new("unsigned char[]", POINT_SIZE * max(k, 1))
+    e = ffi.new("secp256k1_pubkey *")
+    out = ffi.new("unsigned char[]", POINT_SIZE * max(c, 1))
     ln = ffi.new("size_t *")
     msk = ffi.new("secp256k1_pubkey *")
     ptrs[n] = msk
-    identity = np.zeros(k, dtype=bool)
+    identity = np.zeros(c, dtype=bool)
     tweak_mul = lib.secp256k1_ec_pubkey_tweak_mul
     combine = lib.secp256k1_ec_pubkey_combine
     serialize = lib.secp256k1_ec_pubkey_serialize
-    for p, sk in enumerate(key.scalars):
+    for p, sk in enumerate(scalars):
         for i in range(n):
             ptrs[i] = parsed[i] + p
         count = n
@@ -388,13 +397,56 @@ def combine_ciphertexts(
             ffi.memmove(msk, pt, 64)
             tweak_mul(_CTX, msk, (CURVE_ORDER - sk).to_bytes(32, "big"))
             count = n + 1
-        if not combine(_CTX, e + p, ptrs, count):
+        if not combine(_CTX, e, ptrs, count):
             identity[p] = True
             continue
         ln[0] = POINT_SIZE
-        serialize(_CTX, out + POINT_SIZE * p, ln, e + p, _EC_COMPRESSED)
-    comp = np.frombuffer(ffi.buffer(out), dtype=np.uint8)[: POINT_SIZE * k].reshape(k, POINT_SIZE).copy()
-    return e, comp, identity
+        serialize(_CTX, out + POINT_SIZE * p, ln, e, _EC_COMPRESSED)
+    comp = np.frombuffer(ffi.buffer(out), dtype=np.uint8)[: POINT_SIZE * c].reshape(c, POINT_SIZE).copy()
+    return comp, identity
+
+
+def _combine_job(
+    args: tuple[list[bytes], list[int], bytes, int],
+) -> tuple[bytes, bytes]:
+    """Process-pool entry point: bytes in, bytes out (no cffi objects cross processes)."""
+    blocks, scalars, publisher_public, offset = args
+    points = [np.frombuffer(b, dtype=np.uint8).reshape(-1, POINT_SIZE) for b in blocks]
+    comp, identity = _combine_block(points, scalars, publisher_public, offset)
+    return comp.tobytes(), identity.tobytes()
+
+
+def combine_ciphertexts(
+    ciphertexts: Sequence[NddfeCiphertext], key: FunctionalKey, publisher_public: bytes, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """``E_j = sum_i U_ij - sk_j*P_T`` for every j: ((k, 33) encodings, identity mask).
+
+    ``workers > 1`` splits the coordinates over a spawned process pool (pays only for large
+    ``n*k``: spawning costs ~0.3 s; see docs/crypto.md)."""
+    if not ciphertexts:
+        raise NddfeError("no ciphertexts to decrypt")
+    k = key.k
+    for i, c in enumerate(ciphertexts):
+        if c.k != k:
+            raise MalformedCiphertextError(f"ciphertext #{i} has k={c.k}, the functional key has k={k}")
+    _parse_public(publisher_public, "publisher public key")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise NddfeError(f"workers must be a positive int, got {workers!r}")
+    if workers == 1 or k < 2 * workers:
+        return _combine_block([c.points for c in ciphertexts], key.scalars, bytes(publisher_public))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    edges = np.linspace(0, k, workers + 1).astype(int).tolist()
+    jobs = [
+        ([c.points[a:b].tobytes() for c in ciphertexts], list(key.scalars[a:b]), bytes(publisher_public), a)
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_combine_job, jobs))
+    comp = np.concatenate([np.frombuffer(r[0], dtype=np.uint8).reshape(-1, POINT_SIZE) for r in results])
+    identity = np.concatenate([np.frombuffer(r[1], dtype=bool) for r in results])
+    return comp, identity
 
 
 def decrypt_sum(
@@ -404,16 +456,18 @@ def decrypt_sum(
     aggregator_public: bytes,
     bound: int,
     max_table: int = DEFAULT_MAX_TABLE,
+    workers: int = 1,
 ) -> np.ndarray:
     """Recover ``sum_{i in I} x_ij`` (int64, length k) from the ciphertexts of exactly the set ``I``.
 
     ``bound`` is the largest possible ``|sum|`` (``|I| * (2^(b-1)-1)``). Raises DecryptionRangeError
     when some coordinate has no solution in ``[-bound, bound]`` (wrong key or set), never returns 0
-    for it; MalformedCiphertextError / MalformedKeyError on malformed input.
+    for it; MalformedCiphertextError / MalformedKeyError on malformed input. ``workers > 1`` uses a
+    spawned process pool for the point arithmetic (worth it for n*k above ~200,000).
     """
     _parse_public(aggregator_public, "aggregator public key")
-    raw, comp, identity = combine_ciphertexts(ciphertexts, key, publisher_public)
-    return solve(comp, identity, bytes(aggregator_public), int(bound), max_table, raw_points=raw)
+    comp, identity = combine_ciphertexts(ciphertexts, key, publisher_public, workers)
+    return solve(comp, identity, bytes(aggregator_public), int(bound), max_table)
 
 
 def audit_points(key: FunctionalKey, publisher_public: bytes) -> list[bytes | None]:
