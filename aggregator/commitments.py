@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from eth_abi import encode
-from eth_utils import is_checksum_address, keccak, to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 UINT256_MAX = 2**256 - 1
 
@@ -45,8 +45,8 @@ def normalize_address(miner: str) -> str:
         address = to_checksum_address(miner)
     except ValueError as exc:
         raise CommitmentError(f"not an Ethereum address: {miner!r}") from exc
-    body = miner[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(miner):
+    body = miner[2:] if miner[:2] in ("0x", "0X") else miner
+    if body != body.lower() and body != body.upper() and address[2:] != body:
         raise CommitmentError(f"address {miner!r} has a wrong EIP-55 checksum")
     return address
 

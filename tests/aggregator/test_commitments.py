@@ -109,6 +109,10 @@ def test_bad_inputs_raise(score: object, nonce: object, task: int, rnd: int, min
 
 
 def test_normalize_address() -> None:
-    assert normalize_address("0x00000000000000000000000000000000deadbeef") == (
-        "0x00000000000000000000000000000000DeaDBeef"
-    )
+    expected = "0x00000000000000000000000000000000DeaDBeef"
+    assert normalize_address("0x00000000000000000000000000000000deadbeef") == expected
+    assert normalize_address("0X00000000000000000000000000000000DEADBEEF") == expected
+    # a correctly checksummed address without the 0x prefix is accepted (was wrongly rejected)
+    assert normalize_address("00000000000000000000000000000000DeaDBeef") == expected
+    with pytest.raises(CommitmentError, match="checksum"):
+        normalize_address("00000000000000000000000000000000DEaDBeef")
