@@ -101,3 +101,35 @@ def test_errors(publisher, aggregator_keys, miners) -> None:
     with pytest.raises(MalformedCiphertextError):
         secagg.decrypt_sum("nddfe", [ct], ndkey, 1, publisher_public=publisher.public,
                            aggregator_public=aggregator_keys.public)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_round_pipeline(backend, publisher, aggregator_keys, miners) -> None:
+    """support -> DGC -> quantize -> score/commitment -> encrypt -> key -> decrypt -> dequantize."""
+    from aggregator.commitments import commitment, new_nonce
+    from aggregator.dgc import DGCConfig, DGCState, k_for_density
+    from aggregator.quantize import dequantize_sum, max_score, quantize, score
+    from aggregator.support import select_support, support_hash
+
+    d, n, clip, rnd = 400, 3, 0.5, 2
+    cfg = DGCConfig(density=0.05, support="shared")
+    k = k_for_density(d, cfg.density_at(rnd))
+    prev = np.random.default_rng(0).normal(size=d)
+    support = select_support(prev, k, b"prev-block-hash")
+    assert len(support_hash(support)) == 32
+    rng = np.random.default_rng(1)
+    cts, qs = [], []
+    for m in miners[:n]:
+        state = DGCState(d, cfg)
+        sent = state.step(rng.normal(scale=0.1, size=d), rnd, support)
+        q = quantize(sent.values, clip, 15, rng=rng)
+        assert 0 <= score(q) <= max_score(k, 15)
+        assert len(commitment(score(q), new_nonce(), TASK, rnd, "0x" + "11" * 20)) == 32
+        qs.append(q)
+        cts.append(secagg.encrypt(backend, q, support, TASK, rnd, m.secret, publisher.public, aggregator_keys.public))
+    key = secagg.functional_key(backend, publisher.secret, [m.public for m in miners[:n]], TASK, rnd, support)
+    total = secagg.decrypt_sum(backend, cts, key, n, publisher_public=publisher.public,
+                               aggregator_public=aggregator_keys.public)
+    assert np.array_equal(total, np.sum(qs, axis=0))
+    mean = dequantize_sum(total, n, clip, 15)
+    assert mean.shape == (k,) and np.all(np.abs(mean) <= clip)
