@@ -115,8 +115,10 @@ class ModelMineClient:
 
     ARTIFACT = "ModelMine"
 
-    def __init__(self, chain: Chain, address: str) -> None:
+    def __init__(self, chain: Chain, address: str, from_block: int = 0) -> None:
+        """Attach to the contract at ``address``; event queries start at ``from_block`` (its deploy block)."""
         art = load_artifact(self.ARTIFACT)
+        self.from_block = from_block
         self.chain = chain
         self.address = to_checksum_address(address)
         self.abi = art["abi"]
@@ -147,7 +149,7 @@ class ModelMineClient:
         """Deploy a new ModelMine; unspecified parameters come from ``chain.cfg``."""
         cfg = chain.cfg
         art = load_artifact(cls.ARTIFACT)
-        address, _ = chain.deploy(
+        address, res = chain.deploy(
             art["abi"],
             art["bytecode"],
             deployer,
@@ -158,7 +160,7 @@ class ModelMineClient:
             cfg.slash_bps if slash_bps is None else slash_bps,
             cfg.unbonding_s if unbonding_s is None else unbonding_s,
         )
-        return cls(chain, address)
+        return cls(chain, address, from_block=res.block_number)
 
     @classmethod
     def from_config(cls, cfg: Any, deployer: LocalAccount | None = None) -> ModelMineClient | None:
@@ -194,10 +196,11 @@ class ModelMineClient:
             out.append((name, dict(ev["args"])))
         return out
 
-    def events(self, name: str, from_block: int = 0, **filters: Any) -> list[dict[str, Any]]:
+    def events(self, name: str, from_block: int | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Args (plus ``blockNumber``, ``logIndex``) of every ``name`` event matching ``filters``
         on indexed arguments, oldest first."""
         ev = self.contract.events[name]()
+        from_block = self.from_block if from_block is None else from_block
         logs = self.chain._retry(
             lambda: ev.get_logs(from_block=from_block, to_block="latest", argument_filters=filters or None)
         )
@@ -210,7 +213,7 @@ class ModelMineClient:
         self,
         name: str,
         *,
-        from_block: int = 0,
+        from_block: int | None = None,
         timeout_s: float = 30.0,
         predicate: Callable[[dict[str, Any]], bool] | None = None,
         **filters: Any,
