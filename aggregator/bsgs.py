@@ -31,11 +31,15 @@ _EC_COMPRESSED = 258  # SECP256K1_EC_COMPRESSED flag
 _CTX = GLOBAL_CONTEXT.ctx
 
 
-class PointError(ValueError):
+class CryptoError(ValueError):
+    """Root of every error raised by the secure-aggregation modules (``secagg.SecAggError``)."""
+
+
+class PointError(CryptoError):
     """Bytes that are not a valid compressed secp256k1 point (wrong length, type or off-curve)."""
 
 
-class DecryptionRangeError(ArithmeticError):
+class DecryptionRangeError(CryptoError, ArithmeticError):
     """A decrypted value lies outside the recoverable range ``[-bound, bound]``.
 
     Raised for a wrong functional key, a ciphertext from another round/set, or an overflowing sum;
@@ -46,7 +50,7 @@ class DecryptionRangeError(ArithmeticError):
         self.positions = positions if positions is not None else np.empty(0, dtype=np.int64)
 
 
-class BSGSError(RuntimeError):
+class BSGSError(CryptoError):
     """The baby-step table could not be built (e.g. a 64-bit key collision, probability ~2^-30)."""
 
 

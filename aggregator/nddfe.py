@@ -39,6 +39,7 @@ from aggregator.bsgs import (
     CURVE_ORDER,
     DEFAULT_MAX_TABLE,
     POINT_SIZE,
+    CryptoError,
     DecryptionRangeError,
     PointError,
     multiply,
@@ -75,7 +76,7 @@ _N_BYTES = CURVE_ORDER.to_bytes(32, "big")
 _ZERO32 = bytes(32)
 
 
-class NddfeError(ValueError):
+class NddfeError(CryptoError):
     """Base class for NDD-FE input errors."""
 
 

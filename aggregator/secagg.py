@@ -29,7 +29,7 @@ import numpy as np
 from eth_utils import keccak
 
 from aggregator import masked, nddfe
-from aggregator.bsgs import DEFAULT_MAX_TABLE, DecryptionRangeError
+from aggregator.bsgs import DEFAULT_MAX_TABLE, CryptoError, DecryptionRangeError
 from aggregator.nddfe import KeyPair, MalformedCiphertextError, MalformedKeyError, NddfeError
 
 Backend = Literal["none", "masked", "nddfe"]
@@ -42,6 +42,7 @@ _HEADER = struct.Struct("<4sI")
 
 __all__ = [
     "BACKENDS",
+    "CryptoError",
     "AggregatorKeys",
     "Backend",
     "DecryptionRangeError",
@@ -58,11 +59,12 @@ __all__ = [
     "sum_bound",
 ]
 
-SecAggError = NddfeError
-"""Base class of every input error raised here (alias of ``nddfe.NddfeError``)."""
+SecAggError = CryptoError
+"""Base class of every error raised here (alias of ``bsgs.CryptoError``, a ValueError): malformed
+input and ``DecryptionRangeError`` alike, so ``except SecAggError`` fails the round cleanly."""
 
 
-class UnknownBackendError(SecAggError):
+class UnknownBackendError(NddfeError):
     """A backend name that is not one of ``none``, ``masked``, ``nddfe``."""
 
 

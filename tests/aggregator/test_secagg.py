@@ -133,3 +133,13 @@ def test_one_round_pipeline(backend, publisher, aggregator_keys, miners) -> None
     assert np.array_equal(total, np.sum(qs, axis=0))
     mean = dequantize_sum(total, n, clip, 15)
     assert mean.shape == (k,) and np.all(np.abs(mean) <= clip)
+
+
+def test_error_hierarchy() -> None:
+    """``except SecAggError`` catches every failure of a round, range errors included."""
+    from aggregator.masked import MaskedError
+
+    for exc in (DecryptionRangeError, MalformedCiphertextError, MalformedKeyError, MaskedError,
+                secagg.UnknownBackendError):
+        assert issubclass(exc, SecAggError) and issubclass(exc, ValueError)
+    assert issubclass(DecryptionRangeError, ArithmeticError)
