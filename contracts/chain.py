@@ -350,7 +350,11 @@ class Chain:
         if item is None:
             return ContractRevertError("Unknown", (data.hex(),), data, function)
         try:
-            args = tuple(abi_decode([_abi_type(i) for i in item["inputs"]], body))
+            types = [_abi_type(i) for i in item["inputs"]]
+            args = tuple(
+                to_checksum_address(v) if t == "address" else v
+                for t, v in zip(types, abi_decode(types, body), strict=True)
+            )
         except Exception:  # noqa: BLE001 - malformed payload: still name it
             args = ()
         return ContractRevertError(item["name"], args, data, function)

@@ -93,7 +93,7 @@ def test_access_control(world: Scenario, client) -> None:  # noqa: ANN001
     spec_nonce = b"\x01" * 32
     with reverts("NotPublisher"):
         c.reveal_target(w.miners[0], task, 9000, spec_nonce)
-    with reverts("Error") if False else reverts("OwnableUnauthorizedAccount"):
+    with reverts("OwnableUnauthorizedAccount"):
         c.chain.transact(c.contract.functions.pause(), w.miners[0])
     # a registered miner that is not a participant cannot vote
     _, subs, openings, plist = _propose(w, task)

@@ -1,0 +1,121 @@
+"""Chain client plumbing: config files, key loading, errors for a dead node, revert decoding."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contracts.chain import (
+    Chain,
+    ChainConfig,
+    ChainError,
+    ChainUnavailableError,
+    free_port,
+    load_account,
+    new_account,
+)
+from contracts.client import ModelMineClient, compact_signature, participants_hash
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "chain"
+
+
+@pytest.mark.parametrize("name,backend", [("none", "none"), ("embedded", "embedded"), ("anvil", "rpc")])
+def test_config_files_load(name: str, backend: str) -> None:
+    data = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+    cfg = ChainConfig.from_mapping(data)
+    assert cfg.backend == backend
+    if name != "none":
+        assert set(data) <= set(ChainConfig.__dataclass_fields__), "unknown keys in the yaml"
+        assert cfg.quorum_bps == 5000 and cfg.reward_pool_wei == 10**18
+
+
+def test_backend_none_gives_no_client() -> None:
+    assert ModelMineClient.from_config({"backend": "none"}) is None
+
+
+def test_from_config_embedded_deploys() -> None:
+    client = ModelMineClient.from_config(yaml.safe_load((CONF / "embedded.yaml").read_text()))
+    assert client is not None and client.task_count() == 0
+    again = ModelMineClient.from_config({"backend": "embedded", "contract_address": client.address})
+    assert again is not None and again.address == client.address
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(ChainError, match="unknown chain backend"):
+        Chain(ChainConfig(backend="nope"))
+
+
+def test_dead_node_raises_chain_unavailable_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(ChainUnavailableError) as info:
+        Chain(ChainConfig(backend="rpc", rpc_url=url, retries=2, backoff_s=0.01))
+    assert info.value.url == url and url in str(info.value)
+    assert time.monotonic() - start < 10
+
+
+def test_load_account_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    acct = new_account()
+    key_file = tmp_path / "key"
+    key_file.write_text(acct.key.hex() + "\n")
+    assert load_account(key_file=str(key_file)).address == acct.address
+    monkeypatch.setenv("MM_TEST_KEY", acct.key.hex())
+    assert load_account(key_env="MM_TEST_KEY").address == acct.address
+    assert load_account() is None
+    bad = tmp_path / "bad"
+    bad.write_text("not-a-key")
+    with pytest.raises(ChainError) as info:
+        load_account(key_file=str(bad))
+    assert "not-a-key" not in str(info.value)
+    with pytest.raises(ChainError):
+        load_account(key_env="MM_TEST_KEY_UNSET_" + os.urandom(4).hex())
+
+
+def test_compact_signature_roundtrip() -> None:
+    from eth_keys import keys
+
+    acct = new_account()
+    msg_hash = b"\x11" * 32
+    sig = keys.PrivateKey(bytes(acct.key)).sign_msg_hash(msg_hash)
+    full = sig.to_bytes()[:64] + bytes([sig.v + 27])
+    r, vs = compact_signature(full)
+    v = 27 + (vs[0] >> 7)
+    s = int.from_bytes(vs, "big") & ((1 << 255) - 1)
+    assert r == full[:32] and s.to_bytes(32, "big") == full[32:64] and v == full[64]
+
+
+def test_revert_decoding_names_custom_error_with_args(client: ModelMineClient) -> None:
+    from contracts.chain import ContractRevertError
+
+    acct = client.chain.funded_account()
+    with pytest.raises(ContractRevertError) as info:
+        client.claim(acct)
+    assert info.value.name == "NothingToClaim" and info.value.function == "claim"
+    with pytest.raises(ContractRevertError) as info:
+        client.task(42)
+    assert info.value.name == "TaskNotFound" and info.value.args_decoded == (42,)
+
+
+def test_participants_hash_matches_contract(world) -> None:  # noqa: ANN001
+    from eth_utils import keccak
+
+    c = world.client
+    task = world.publish()
+    subs, _ = world.submissions(task, 1, keccak(b"s"), {m.address: 1 for m in world.miners})
+    c.relay_submissions(world.aggregator, task, 1, keccak(b"s"), subs)
+    rs = c.round_state(task)
+    assert participants_hash(rs["epoch"], c.participants(task)) == rs["participantsHash"]
+    assert rs["participants"] == 3
+
+
+def test_wait_for_event(world) -> None:  # noqa: ANN001
+    c = world.client
+    task = world.publish()
+    ev = c.wait_for_event("TaskPublished", timeout_s=2, taskId=task)
+    assert ev["taskId"] == task
+    with pytest.raises(TimeoutError):
+        c.wait_for_event("TaskCancelled", timeout_s=0.3, taskId=task)
