@@ -23,6 +23,7 @@ ARTIFACT_CONTRACTS = ("ModelMine", "ReentrantClaimer")
 SETTINGS: dict = {
     "evmVersion": "cancun",
     "optimizer": {"enabled": True, "runs": 200},
+    "viaIR": True,
 }
 
 #: Versions pinned in package.json; part of the hash so a dependency bump forces a rebuild.

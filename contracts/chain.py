@@ -357,6 +357,7 @@ class Chain:
             )
         except Exception:  # noqa: BLE001 - malformed payload: still name it
             args = ()
+        args = tuple(_pretty_bytes32(a) for a in args)
         return ContractRevertError(item["name"], args, data, function)
 
     # ------------------------------------------------------------------ accounts and funds
@@ -510,6 +511,15 @@ def _abi_type(item: dict[str, Any]) -> str:
     if t.startswith("tuple"):
         return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + t[5:]
     return t
+
+
+def _pretty_bytes32(value: Any) -> Any:
+    """A right-padded ASCII bytes32 (e.g. InvalidParams("rounds")) as str; anything else unchanged."""
+    if isinstance(value, bytes) and len(value) == 32 and value.rstrip(b"\0") and value.endswith(b"\0"):
+        text = value.rstrip(b"\0")
+        if all(32 <= ch < 127 for ch in text):
+            return text.decode()
+    return value
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -3,11 +3,14 @@
 One round, as the strategy drives it (task ``t``, round ``r``; miners sign, the server relays)::
 
     client.propose(aggregator, t, r, model_hash, support_hash, k, submissions)   # commitments + candidate
+    client.relay_votes_and_reveals(relayer, t, r, model_hash, votes, reveals)
+        # votes -> finalize (when everyone voted) -> reveals -> settle (when everyone revealed)
+    # or step by step / when someone is late:
     client.relay_votes(relayer, t, r, model_hash, votes)      # auto-finalizes once everyone voted
-    client.finalize(anyone, t)                                # only if not everyone voted in time
+    client.finalize(anyone, t)                                # after the vote window otherwise
     client.relay_reveals(relayer, t, r, reveals)              # auto-settles once everyone revealed
-    client.settle(anyone, t)                                  # only after the reveal window otherwise
-    client.claim(account)                                     # any time: pull what is owed
+    client.settle(anyone, t)                                  # after the reveal window otherwise
+    client.claim(account, task_ids)                           # any time: pull what is owed
 
 ``submissions``, ``votes`` and ``reveals`` are lists of ``(message, signature)`` pairs where the
 message is an :mod:`aggregator.eip712` dataclass and the signature its 65-byte ``eip712.sign``
@@ -328,18 +331,20 @@ class ModelMineClient:
         (look for RoundFinalized / RoundRejected in ``.events``). ``participants`` defaults to
         :meth:`participants` (read from events)."""
         plist = list(participants) if participants is not None else self.participants(task_id)
-        index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
-        items = []
-        for msg, sig in votes:
-            if not isinstance(msg, eip712.Vote):
-                raise TypeError("votes must be (eip712.Vote, signature) pairs")
-            if (msg.taskId, msg.round, bytes(msg.modelHash)) != (task_id, round_, bytes(model_hash)):
-                raise ValueError(f"vote for task {msg.taskId} round {msg.round} does not belong to this batch")
-            signer = eip712.recover(self.domain, msg, sig)
-            if signer not in index:
-                raise eip712.SignatureError(f"vote signed by {signer}, not a participant")
-            items.append((index[signer], bool(msg.accept), int(msg.accuracyBps), *compact_signature(sig)))
+        items = self._vote_items(task_id, round_, model_hash, votes, plist)
         fn = self.contract.functions.voteBatch(task_id, round_, model_hash, plist, items)
+        return self._tx(fn, relayer)
+
+    def relay_votes_and_reveals(self, relayer: LocalAccount, task_id: int, round_: int, model_hash: bytes,
+                                votes: Sequence[Signed], reveals: Sequence[Signed],
+                                participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+        """One transaction for the end of a round (the cheapest path): relay the votes; if they
+        finalize the round, relay the reveals and settle when everyone revealed. When the round is
+        rejected the reveals are ignored (RoundRejected in ``.events``)."""
+        plist = list(participants) if participants is not None else self.participants(task_id)
+        vitems = self._vote_items(task_id, round_, model_hash, votes, plist)
+        ritems = self._reveal_items(task_id, round_, reveals, plist)
+        fn = self.contract.functions.voteRevealBatch(task_id, round_, model_hash, plist, vitems, ritems)
         return self._tx(fn, relayer)
 
     def finalize(self, sender: LocalAccount, task_id: int) -> TxResult:
@@ -352,8 +357,8 @@ class ModelMineClient:
         """The current epoch's (miner, commitment) list in submission order, from Committed events;
         checked against the on-chain participants hash."""
         rs = self.round_state(task_id)
-        rows = self.events("Committed", taskId=task_id, round=rs["round"])
-        out = [(r["miner"], bytes(r["commitment"])) for r in rows if r["epoch"] == rs["epoch"]]
+        rows = self.events("Committed", taskId=task_id)
+        out = [(r["miner"], bytes(r["commitment"])) for r in rows if r["epoch"] == rs["epoch"] and r["round"] == rs["round"]]
         if participants_hash(rs["epoch"], out) != rs["participantsHash"]:
             raise ChainError(f"participant list of task {task_id} does not match the chain (missing logs?)")
         return out
@@ -371,6 +376,26 @@ class ModelMineClient:
         """Relay signed reveals (invalid openings are recorded as faults and slashed, not reverted);
         settles in the same tx once every participant revealed (RoundSettled in ``.events``)."""
         plist = list(participants) if participants is not None else self.participants(task_id)
+        items = self._reveal_items(task_id, round_, reveals, plist)
+        return self._tx(self.contract.functions.revealBatch(task_id, round_, plist, items), relayer)
+
+    def _vote_items(self, task_id: int, round_: int, model_hash: bytes, votes: Sequence[Signed],
+                    plist: Sequence[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+        index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
+        items = []
+        for msg, sig in votes:
+            if not isinstance(msg, eip712.Vote):
+                raise TypeError("votes must be (eip712.Vote, signature) pairs")
+            if (msg.taskId, msg.round, bytes(msg.modelHash)) != (task_id, round_, bytes(model_hash)):
+                raise ValueError(f"vote for task {msg.taskId} round {msg.round} does not belong to this batch")
+            signer = eip712.recover(self.domain, msg, sig)
+            if signer not in index:
+                raise eip712.SignatureError(f"vote signed by {signer}, not a participant")
+            items.append((index[signer], bool(msg.accept), int(msg.accuracyBps), *compact_signature(sig)))
+        return items
+
+    def _reveal_items(self, task_id: int, round_: int, reveals: Sequence[Signed],
+                      plist: Sequence[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
         index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
         items = []
         for msg, sig in reveals:
@@ -382,7 +407,7 @@ class ModelMineClient:
             if signer not in index:
                 raise eip712.SignatureError(f"reveal signed by {signer}, not a participant")
             items.append((index[signer], int(msg.score), bytes(msg.nonce), *compact_signature(sig)))
-        return self._tx(self.contract.functions.revealBatch(task_id, round_, plist, items), relayer)
+        return items
 
     def settle(self, sender: LocalAccount, task_id: int,
                participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
@@ -392,14 +417,32 @@ class ModelMineClient:
 
     # ------------------------------------------------------------------ balances
 
-    def claim(self, account: LocalAccount) -> int:
-        """Withdraw everything owed to ``account``; returns the amount (reverts NothingToClaim)."""
-        res = self._tx(self.contract.functions.claim(), account)
+    def claim(self, account: LocalAccount, task_ids: Sequence[int] = ()) -> int:
+        """Withdraw everything owed to ``account``: its address balance (fees, aggregator share,
+        refunds) plus, for a miner, the rewards pending in ``task_ids``. Returns the amount paid
+        (reverts NothingToClaim when there is nothing)."""
+        if task_ids:
+            fn = self.contract.functions.claimRewards([int(t) for t in task_ids])
+        else:
+            fn = self.contract.functions.claim()
+        res = self._tx(fn, account)
         return int(res.event("Claimed")["amount"])
 
-    def owed(self, address: str) -> int:
-        """Wei ``address`` can claim now."""
-        return int(self.chain.call(self.contract.functions.owed(to_checksum_address(address))))
+    def owed(self, address: str, task_ids: Sequence[int] = ()) -> int:
+        """Wei ``address`` can claim now: address balance plus rewards pending in ``task_ids``."""
+        addr = to_checksum_address(address)
+        total = int(self.chain.call(self.contract.functions.owed(addr)))
+        for t in task_ids:
+            total += self.pending_rewards(t, addr)
+        return total
+
+    def pending_rewards(self, task_id: int, miner: str) -> int:
+        """Miner rewards accrued in ``task_id`` and not yet claimed."""
+        return int(self.chain.call(self.contract.functions.pendingRewards(task_id, to_checksum_address(miner))))
+
+    def reward_tasks(self, miner: str) -> list[int]:
+        """Tasks in which ``miner`` ever committed (candidates for ``claim(task_ids=...)``)."""
+        return sorted({int(r["taskId"]) for r in self.events("Committed", miner=to_checksum_address(miner))})
 
     # ------------------------------------------------------------------ views
 

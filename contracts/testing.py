@@ -102,8 +102,10 @@ class Scenario:
 
     def run_round(self, task_id: int, round_: int, *, accept: bool = True, k: int = 1000,
                   scores: dict[str, int] | None = None, accuracy_bps: int = 8000,
-                  miners: list[LocalAccount] | None = None, reveal: bool = True) -> RoundResult:
-        """Propose (with all submissions), relay all votes, then (if accepted) relay all reveals."""
+                  miners: list[LocalAccount] | None = None, reveal: bool = True,
+                  combined: bool = False) -> RoundResult:
+        """Propose (with all submissions), relay all votes, then (if accepted) relay all reveals;
+        with ``combined`` votes and reveals go in one ``voteRevealBatch`` (``reveals`` is then None)."""
         miners = miners or self.miners
         scores = scores or {m.address: 1000 + 17 * i for i, m in enumerate(miners)}
         support = keccak(f"support {task_id} {round_} {secrets.token_hex(4)}".encode())
@@ -113,6 +115,10 @@ class Scenario:
         votes = self.votes(task_id, round_, model, {m.address: accept for m in miners},
                            {m.address: accuracy_bps for m in miners}, miners)
         plist = [(m.address, msg.commitment) for m, (msg, _) in zip(miners, subs, strict=True)]
+        if combined:
+            vres = self.client.relay_votes_and_reveals(self.aggregator, task_id, round_, model, votes,
+                                                       self.reveals(task_id, round_, openings, miners), plist)
+            return RoundResult(prop, vres, None, openings)
         vres = self.client.relay_votes(self.aggregator, task_id, round_, model, votes, plist)
         rres = None
         if accept and reveal:

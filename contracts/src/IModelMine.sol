@@ -37,7 +37,7 @@ interface IModelMine {
         uint32 roundWindow; // seconds for the vote window and for the reveal window
         uint16 aggregatorShareBps; // aggregator's share of each round's reward
         uint16 quorumBps; // share of participants whose accept votes finalize a round
-        uint8 quantBits; // quantization bits b: a score is at most k * (2^(b-1)-1)^2
+        uint8 quantBits; // quantization bits b (2..16): a score is at most k * (2^(b-1)-1)^2
     }
 
     /// @notice Stored task (packed: slots 0-2 hold all the scalar fields).
@@ -90,7 +90,8 @@ interface IModelMine {
         uint32 round; // round of that epoch
         uint8 flags; // COMMITTED=1 | REVEALED=4 | FAULT=8 (votes are kept in a per-epoch bitmap)
         uint64 commitTag; // low 48 bits of the last commitment (replay guard across retries)
-        uint112 score; // verified score (after reveal)
+        uint112 score; // verified score (after reveal; at most 64 bits are used)
+        uint72 pending; // rewards accrued in this task, not yet claimed
     }
 
     /// @notice A registered miner.
@@ -135,7 +136,7 @@ interface IModelMine {
 
     // ------------------------------------------------------------------ errors
     error ZeroAddress();
-    error InvalidParams(string what);
+    error InvalidParams(bytes32 what); // what: the offending parameter's name, right-padded
     error InvalidKey();
     error TaskNotFound(uint256 taskId);
     error TaskNotActive(uint256 taskId);
@@ -192,8 +193,8 @@ interface IModelMine {
     event StakeWithdrawn(address indexed miner, uint256 amount);
     event Committed(
         uint256 indexed taskId,
-        uint32 indexed round,
         address indexed miner,
+        uint32 round,
         uint32 epoch,
         bytes32 ciphertextHash,
         bytes32 commitment
@@ -207,12 +208,14 @@ interface IModelMine {
         uint32 k,
         uint16 participants
     );
-    event Voted(uint256 indexed taskId, uint32 indexed round, address indexed miner, bool accept, uint16 accuracyBps);
+    event Voted(uint256 indexed taskId, address indexed miner, uint32 round, bool accept, uint16 accuracyBps);
     event RoundFinalized(uint256 indexed taskId, uint32 indexed round, uint32 epoch, bytes32 modelHash, uint16 accuracyBps);
     event RoundRejected(uint256 indexed taskId, uint32 indexed round, uint32 epoch, uint16 accepts, uint16 votes);
-    event Revealed(uint256 indexed taskId, uint32 indexed round, address indexed miner, uint256 score);
-    event RevealInvalid(uint256 indexed taskId, uint32 indexed round, address indexed miner, uint256 score);
+    event Revealed(uint256 indexed taskId, address indexed miner, uint32 round, uint256 score);
+    event RevealInvalid(uint256 indexed taskId, address indexed miner, uint32 round, uint256 score);
     event Slashed(address indexed miner, uint256 indexed taskId, uint32 round, uint256 amount);
+    /// @dev fee, aggregatorShare and returned are credited to the treasury, the aggregator and the
+    ///      publisher (no separate Credited events); minersPaid is accrued to the revealers' pending rewards.
     event RoundSettled(
         uint256 indexed taskId, uint32 indexed round, uint256 minersPaid, uint256 fee, uint256 aggregatorShare, uint256 returned
     );

@@ -20,12 +20,12 @@ import {TaskRegistry} from "./TaskRegistry.sol";
 ///         non-revealers and invalid reveals are slashed.
 /// @dev EIP-712 domain ("ModelMine", "1", chainid, this). Signatures are EIP-2098 compact (r, vs).
 contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
-    bytes32 public constant SUBMISSION_TYPEHASH = keccak256(
+    bytes32 internal constant SUBMISSION_TYPEHASH = keccak256(
         "Submission(uint256 taskId,uint256 round,bytes32 supportHash,bytes32 ciphertextHash,bytes32 commitment)"
     );
-    bytes32 public constant VOTE_TYPEHASH =
+    bytes32 internal constant VOTE_TYPEHASH =
         keccak256("Vote(uint256 taskId,uint256 round,bytes32 modelHash,bool accept,uint256 accuracyBps)");
-    bytes32 public constant REVEAL_TYPEHASH = keccak256("Reveal(uint256 taskId,uint256 round,uint256 score,bytes32 nonce)");
+    bytes32 internal constant REVEAL_TYPEHASH = keccak256("Reveal(uint256 taskId,uint256 round,uint256 score,bytes32 nonce)");
 
     /// @param owner_ admin (treasury, network parameters, pause)
     /// @param treasury_ receives network fees and slashed stake
@@ -115,19 +115,24 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         SignedVote[] calldata votes
     ) external whenNotPaused {
         (Task storage t, RoundState storage rs) = _votePhase(taskId, round, modelHash, list);
-        uint256 len = votes.length;
-        VoteCtx memory c = _voteCtx(taskId, rs);
-        for (uint256 i; i < len; ++i) {
-            SignedVote calldata v = votes[i];
-            bytes32 digest = _hashTypedDataV4(
-                keccak256(abi.encode(VOTE_TYPEHASH, taskId, round, modelHash, v.accept, uint256(v.accuracyBps)))
-            );
-            address signer = ECDSA.recover(digest, v.r, v.vs);
-            if (list[v.index].miner != signer) revert NotParticipant(signer);
-            _vote(c, signer, v.index, v.accept, v.accuracyBps);
-        }
-        _voteStore(rs, c);
-        if (c.votes == rs.participants) _finalize(taskId, t, rs);
+        _relayVotes(t, rs, taskId, modelHash, list, votes);
+    }
+
+    /// @notice Relay signed votes and, in the same call, signed reveals: once every participant voted
+    ///         and the round is finalized, the reveals are processed (and the round settled when
+    ///         complete); when the round is rejected the reveals are ignored. Saves a transaction and
+    ///         a second copy of `list` per round.
+    function voteRevealBatch(
+        uint256 taskId,
+        uint256 round,
+        bytes32 modelHash,
+        Participant[] calldata list,
+        SignedVote[] calldata votes,
+        SignedReveal[] calldata reveals
+    ) external whenNotPaused {
+        (Task storage t, RoundState storage rs) = _votePhase(taskId, round, modelHash, list);
+        _relayVotes(t, rs, taskId, modelHash, list, votes);
+        if (rs.phase == Phase.Revealing) _relayReveals(t, rs, taskId, list, reveals);
     }
 
     /// @notice Decide the current candidate (anyone): allowed when all participants voted, the vote
@@ -164,25 +169,15 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         if (c.reveals + c.faults == list.length) _settle(taskId, t, rs, list);
     }
 
-    /// @notice Relay participants' signed reveals. A reveal that does not open its commitment or whose
-    ///         score exceeds the round's maximum is recorded as a fault (slashed) instead of reverting.
+    /// @notice Relay participants' signed reveals. A reveal whose score exceeds the round's maximum is
+    ///         recorded as a fault (slashed at settlement); one that does not open its commitment is
+    ///         skipped (RevealInvalid) and the miner may still reveal before the window ends.
     ///         Settles the round in the same call once every participant revealed.
     function revealBatch(uint256 taskId, uint256 round, Participant[] calldata list, SignedReveal[] calldata reveals)
         external
     {
         (Task storage t, RoundState storage rs) = _revealPhase(taskId, round, list);
-        uint256 len = reveals.length;
-        RevealCtx memory c = _revealCtx(taskId, t, rs);
-        for (uint256 i; i < len; ++i) {
-            SignedReveal calldata r = reveals[i];
-            address signer = ECDSA.recover(
-                _hashTypedDataV4(keccak256(abi.encode(REVEAL_TYPEHASH, taskId, round, r.score, r.nonce))), r.r, r.vs
-            );
-            if (list[r.index].miner != signer) revert NotParticipant(signer);
-            _reveal(c, signer, list[r.index].commitment, r.score, r.nonce, false);
-        }
-        _revealStore(rs, c);
-        if (c.reveals + c.faults == list.length) _settle(taskId, t, rs, list);
+        _relayReveals(t, rs, taskId, list, reveals);
     }
 
     /// @notice Settle a finalized round after its reveal window (anyone): pays revealers by score,
@@ -201,9 +196,51 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         return _maxScore(_task(taskId), _rounds[taskId]);
     }
 
-    /// @notice The EIP-712 domain separator miners sign under.
-    function domainSeparator() external view returns (bytes32) {
-        return _domainSeparatorV4();
+
+    // ================================================================== internals: relays
+
+    function _relayVotes(
+        Task storage t,
+        RoundState storage rs,
+        uint256 taskId,
+        bytes32 modelHash,
+        Participant[] calldata list,
+        SignedVote[] calldata votes
+    ) internal {
+        uint256 len = votes.length;
+        VoteCtx memory c = _voteCtx(taskId, rs);
+        for (uint256 i; i < len; ++i) {
+            SignedVote calldata v = votes[i];
+            bytes32 digest = _hashTypedDataV4(
+                keccak256(abi.encode(VOTE_TYPEHASH, taskId, c.round, modelHash, v.accept, uint256(v.accuracyBps)))
+            );
+            address signer = ECDSA.recover(digest, v.r, v.vs);
+            if (list[v.index].miner != signer) revert NotParticipant(signer);
+            _vote(c, signer, v.index, v.accept, v.accuracyBps);
+        }
+        _voteStore(rs, c);
+        if (c.votes == rs.participants) _finalize(taskId, t, rs);
+    }
+
+    function _relayReveals(
+        Task storage t,
+        RoundState storage rs,
+        uint256 taskId,
+        Participant[] calldata list,
+        SignedReveal[] calldata reveals
+    ) internal {
+        uint256 len = reveals.length;
+        RevealCtx memory c = _revealCtx(taskId, t, rs);
+        for (uint256 i; i < len; ++i) {
+            SignedReveal calldata r = reveals[i];
+            address signer = ECDSA.recover(
+                _hashTypedDataV4(keccak256(abi.encode(REVEAL_TYPEHASH, taskId, c.round, r.score, r.nonce))), r.r, r.vs
+            );
+            if (list[r.index].miner != signer) revert NotParticipant(signer);
+            _reveal(c, signer, list[r.index].commitment, r.score, r.nonce, false);
+        }
+        _revealStore(rs, c);
+        if (c.reveals + c.faults == list.length) _settle(taskId, t, rs, list);
     }
 
     // ================================================================== internals: phases
@@ -340,8 +377,8 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         c.n = n + 1;
         c.h = keccak256(abi.encode(c.h, account, commitment));
         mrs[account] = uint256(c.epoch) | (uint256(c.round) << ROUND_SHIFT) | (uint256(COMMITTED) << FLAGS_SHIFT)
-            | (tag << TAG_SHIFT);
-        emit Committed(c.taskId, c.round, account, c.epoch, ciphertextHash, commitment);
+            | (tag << TAG_SHIFT) | (mr & (PENDING_MASK << PENDING_SHIFT));
+        emit Committed(c.taskId, account, c.round, c.epoch, ciphertextHash, commitment);
     }
 
     struct VoteCtx {
@@ -396,7 +433,7 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         }
         v.votes = idx + 1;
         if (accept) v.accepts += 1;
-        emit Voted(v.taskId, v.round, account, accept, uint16(accuracyBps));
+        emit Voted(v.taskId, account, v.round, accept, uint16(accuracyBps));
     }
 
     struct RevealCtx {
@@ -433,20 +470,26 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         uint256 mr = mrs[account];
         if ((mr >> FLAGS_SHIFT) & (REVEALED | FAULT) != 0) revert AlreadyRevealed(account);
         bool opens = keccak256(abi.encode(score, nonce, c.taskId, uint256(c.round), account)) == commitment;
-        if (!opens || score > c.cap) {
-            if (strict) {
-                if (!opens) revert RevealMismatch(account);
-                revert ScoreTooLarge(score, c.cap);
-            }
+        if (!opens) {
+            // A signed opening that does not match proves nothing against the miner (it may be a
+            // stale message replayed by the relayer): ignore it; the miner may still reveal in the
+            // window and is slashed at settlement if it never does.
+            if (strict) revert RevealMismatch(account);
+            emit RevealInvalid(c.taskId, account, c.round, score);
+            return;
+        }
+        if (score > c.cap) {
+            // The miner committed to a score its quantization cannot produce: a provable fault.
+            if (strict) revert ScoreTooLarge(score, c.cap);
             mrs[account] = mr | (uint256(FAULT) << FLAGS_SHIFT);
             c.faults += 1;
-            emit RevealInvalid(c.taskId, c.round, account, score);
+            emit RevealInvalid(c.taskId, account, c.round, score);
             return;
         }
         mrs[account] = (mr & ~(SCORE_MASK << SCORE_SHIFT)) | (uint256(REVEALED) << FLAGS_SHIFT) | (score << SCORE_SHIFT);
         c.reveals += 1;
         c.total += uint128(score);
-        emit Revealed(c.taskId, c.round, account, score);
+        emit Revealed(c.taskId, account, c.round, score);
     }
 
     // ================================================================== internals: outcome
@@ -480,15 +523,15 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
         uint256 minersPool = perRound - fee - aggShare;
         uint32 round = rs.round;
         uint256 paid = _payMiners(taskId, round, list, minersPool, rs.scoreEpoch == rs.epoch ? rs.totalScore : 0);
-        _credit(treasury, fee);
-        _credit(t.aggregator, aggShare);
-        _credit(t.publisher, minersPool - paid);
+        _creditQuiet(treasury, fee);
+        _creditQuiet(t.aggregator, aggShare);
+        _creditQuiet(t.publisher, minersPool - paid);
         emit RoundSettled(taskId, round, paid, fee, aggShare, minersPool - paid);
         _nextEpoch(rs, round + 1);
     }
 
-    /// @dev Credit each valid revealer minersPool * score / total (no Credited event per miner: the
-    ///      Revealed events and RoundSettled determine it); slash everyone else.
+    /// @dev Accrue minersPool * score / total to each valid revealer's pending rewards in this task
+    ///      (no event per miner: the Revealed events and RoundSettled determine it); slash the rest.
     function _payMiners(uint256 taskId, uint32 round, Participant[] calldata list, uint256 minersPool, uint256 total)
         internal
         returns (uint256 paid)
@@ -500,8 +543,14 @@ contract ModelMine is MinerRegistry, TaskRegistry, EIP712 {
             uint256 mr = mrs[account];
             if ((mr >> FLAGS_SHIFT) & REVEALED != 0) {
                 uint256 amount = total == 0 ? 0 : (minersPool * ((mr >> SCORE_SHIFT) & SCORE_MASK)) / total;
+                if (amount == 0) continue;
                 paid += amount;
-                if (amount != 0) _balances[account].earned += uint128(amount);
+                uint256 pending = ((mr >> PENDING_SHIFT) & PENDING_MASK) + amount;
+                if (pending > PENDING_MASK) {
+                    _credit(account, amount);
+                } else {
+                    mrs[account] = (mr & ~(PENDING_MASK << PENDING_SHIFT)) | (pending << PENDING_SHIFT);
+                }
             } else {
                 _slash(account, taskId, round);
             }

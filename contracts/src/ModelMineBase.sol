@@ -16,13 +16,18 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     uint8 internal constant COMMITTED = 1;
     uint8 internal constant REVEALED = 4;
     uint8 internal constant FAULT = 8;
-    // Packed per (task, miner) word: epoch | round << 32 | flags << 64 | commitTag(48) << 72 | score(112) << 120
+    // Packed per (task, miner) word, reused across rounds:
+    // epoch(32) | round(32) << 32 | flags(8) << 64 | commitTag(48) << 72 | score(64) << 120 | pending(72) << 184
+    // `pending` accrues the miner's rewards in this task until `claimRewards` (saves a cold balance
+    // write per miner per round); a credit that would overflow it goes to the address balance.
     uint256 internal constant ROUND_SHIFT = 32;
     uint256 internal constant FLAGS_SHIFT = 64;
     uint256 internal constant TAG_SHIFT = 72;
     uint256 internal constant TAG_MASK = (1 << 48) - 1;
     uint256 internal constant SCORE_SHIFT = 120;
-    uint256 internal constant SCORE_MASK = (1 << 112) - 1;
+    uint256 internal constant SCORE_MASK = (1 << 64) - 1;
+    uint256 internal constant PENDING_SHIFT = 184;
+    uint256 internal constant PENDING_MASK = (1 << 72) - 1;
 
     struct Balance {
         uint128 earned;
@@ -87,22 +92,39 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
 
     // ------------------------------------------------------------------ balances
 
-    /// @notice Pay the caller everything credited to it and not yet withdrawn.
+    /// @notice Pay the caller everything credited to its address balance (fees, aggregator shares,
+    ///         refunds, overflowed rewards) and not yet withdrawn.
     /// @dev Effects (withdrawn = earned) before the transfer; nonReentrant on top.
     function claim() external nonReentrant returns (uint256 amount) {
-        Balance storage b = _balances[msg.sender];
-        amount = b.earned - b.withdrawn;
-        if (amount == 0) revert NothingToClaim();
-        b.withdrawn = b.earned;
-        emit Claimed(msg.sender, amount);
-        (bool ok,) = msg.sender.call{value: amount}("");
-        if (!ok) revert TransferFailed();
+        amount = _drainBalance(msg.sender);
+        _pay(amount);
     }
 
-    /// @notice Amount `account` can claim now.
+    /// @notice Pay the caller its miner rewards pending in `taskIds` plus its address balance.
+    function claimRewards(uint256[] calldata taskIds) external nonReentrant returns (uint256 amount) {
+        amount = _drainBalance(msg.sender);
+        uint256 len = taskIds.length;
+        for (uint256 i; i < len; ++i) {
+            mapping(address => uint256) storage mrs = _minerRounds[taskIds[i]];
+            uint256 w = mrs[msg.sender];
+            uint256 p = (w >> PENDING_SHIFT) & PENDING_MASK;
+            if (p != 0) {
+                mrs[msg.sender] = w & ~(PENDING_MASK << PENDING_SHIFT);
+                amount += p;
+            }
+        }
+        _pay(amount);
+    }
+
+    /// @notice Amount `account` can `claim` now from its address balance.
     function owed(address account) external view returns (uint256) {
         Balance storage b = _balances[account];
         return b.earned - b.withdrawn;
+    }
+
+    /// @notice Miner rewards of `account` pending in task `taskId` (claimed with `claimRewards`).
+    function pendingRewards(uint256 taskId, address account) external view returns (uint256) {
+        return (_minerRounds[taskId][account] >> PENDING_SHIFT) & PENDING_MASK;
     }
 
     /// @notice Lifetime credits and withdrawals of `account`.
@@ -112,6 +134,25 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     }
 
     // ------------------------------------------------------------------ internals
+
+    function _drainBalance(address account) internal returns (uint256 amount) {
+        Balance storage b = _balances[account];
+        amount = b.earned - b.withdrawn;
+        if (amount != 0) b.withdrawn = b.earned;
+    }
+
+    /// @dev The interaction of `claim`/`claimRewards`: all effects happened before.
+    function _pay(uint256 amount) internal {
+        if (amount == 0) revert NothingToClaim();
+        emit Claimed(msg.sender, amount);
+        (bool ok,) = msg.sender.call{value: amount}("");
+        if (!ok) revert TransferFailed();
+    }
+
+    /// @dev Credit without a Credited event (the caller emits an event that carries the amount).
+    function _creditQuiet(address account, uint256 amount) internal {
+        if (amount != 0) _balances[account].earned += uint128(amount);
+    }
 
     function _credit(address account, uint256 amount) internal {
         if (amount == 0) return;

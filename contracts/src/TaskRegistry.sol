@@ -18,7 +18,7 @@ abstract contract TaskRegistry is ModelMineBase {
         if (p.roundWindow == 0) revert InvalidParams("roundWindow");
         if (uint256(p.aggregatorShareBps) + feeBps > BPS) revert InvalidParams("aggregatorShareBps");
         if (p.quorumBps == 0 || p.quorumBps > BPS) revert InvalidParams("quorumBps");
-        if (p.quantBits < 2 || p.quantBits > 32) revert InvalidParams("quantBits");
+        if (p.quantBits < 2 || p.quantBits > 16) revert InvalidParams("quantBits");
         if (p.modelHash == bytes32(0) || p.targetCommitment == bytes32(0)) revert InvalidParams("hash");
         if (!_isCompressedKey(p.publisherKey) || !_isCompressedKey(p.aggregatorKey)) revert InvalidKey();
 
@@ -114,6 +114,7 @@ abstract contract TaskRegistry is ModelMineBase {
         r.flags = uint8(w >> FLAGS_SHIFT);
         r.commitTag = uint64((w >> TAG_SHIFT) & TAG_MASK);
         r.score = uint112((w >> SCORE_SHIFT) & SCORE_MASK);
+        r.pending = uint72((w >> PENDING_SHIFT) & PENDING_MASK);
     }
 
     // ------------------------------------------------------------------ internals

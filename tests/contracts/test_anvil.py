@@ -29,7 +29,7 @@ def test_full_task_on_anvil(anvil_client: ModelMineClient) -> None:
     assert c.task(task)["status"] == TaskStatus.COMPLETED
     assert c.round_state(task)["phase"] == Phase.COMMIT
     before = c.chain.balance(w.miners[0].address)
-    amount = c.claim(w.miners[0])
+    amount = c.claim(w.miners[0], [task])
     assert amount > 0 and c.chain.balance(w.miners[0].address) > before
 
 

@@ -3,20 +3,22 @@ expiry, the hidden target, stake life cycle and reentrancy on claim."""
 
 from __future__ import annotations
 
+import pytest
 from eth_utils import keccak
 
 from contracts.build_info import load_artifact
-from contracts.client import ModelMineClient, TaskStatus, target_commitment
+from contracts.chain import ContractRevertError
+from contracts.client import ModelMineClient, Phase, TaskStatus, target_commitment
 from contracts.testing import Scenario, compressed_pubkey
 
 from .conftest import reverts
 
 
-def _claim_all(c: ModelMineClient, accounts) -> int:  # noqa: ANN001
+def _claim_all(c: ModelMineClient, accounts, task_ids=()) -> int:  # noqa: ANN001
     total = 0
     for a in accounts:
-        if c.owed(a.address) > 0:
-            total += c.claim(a)
+        if c.owed(a.address, task_ids) > 0:
+            total += c.claim(a, task_ids)
     return total
 
 
@@ -45,7 +47,8 @@ def test_full_task_three_rounds_with_a_rejected_round_accounts_to_the_wei(client
     c.reveal_target(w.publisher, task, 9900, nonce)  # revealed at the end, for the record
 
     # everyone claims and withdraws their stake
-    paid = _claim_all(c, [w.publisher, w.aggregator, *w.miners])
+    assert c.reward_tasks(w.miners[0].address) == [task]
+    paid = _claim_all(c, [w.publisher, w.aggregator, *w.miners], [task])
     for m in w.miners:
         c.request_unstake(m)
     c.chain.advance_time(3601)
@@ -72,7 +75,7 @@ def test_publisher_cannot_escape_a_finalized_round(world: Scenario) -> None:
     plist = c.participants(task)
     settled = c.relay_reveals(w.aggregator, task, 1, w.reveals(task, 1, res.openings), plist).event("RoundSettled")
     assert settled["minersPaid"] + settled["fee"] + settled["aggregatorShare"] + settled["returned"] == per_round
-    assert all(c.owed(m.address) > 0 for m in w.miners)
+    assert all(c.owed(m.address, [task]) > 0 for m in w.miners)
     with reverts("TaskNotActive"):
         w.client.propose(w.aggregator, task, 2, keccak(b"m"), keccak(b"s"), 1)
 
@@ -131,8 +134,11 @@ def test_publish_validation(world: Scenario) -> None:
     spec, _ = w.spec()
     from dataclasses import replace
 
-    with reverts("InvalidParams"):
+    with pytest.raises(ContractRevertError) as info:
         c.publish_task(w.publisher, replace(spec, rounds=0), 10**18)
+    assert info.value.name == "InvalidParams" and info.value.args_decoded == ("rounds",)
+    with reverts("InvalidParams"):
+        c.publish_task(w.publisher, replace(spec, quant_bits=17), 10**18)
     with reverts("InvalidParams"):
         c.publish_task(w.publisher, replace(spec, deadline=1), 10**18)
     with reverts("InvalidParams"):
@@ -222,3 +228,22 @@ def test_reentrant_claim_is_blocked(world: Scenario) -> None:
     assert c.chain.balance(addr) == 10**18  # paid exactly once
     assert c.chain.balance(c.address) == before - 10**18
     assert c.owed(addr) == 0
+
+
+def test_vote_reveal_batch_one_transaction(world: Scenario) -> None:
+    w, c = world, world.client
+    task = w.publish(reward_wei=2 * 10**18, rounds=2)
+    res = w.run_round(task, 1, combined=True)
+    names = [n for n, _ in res.votes.events]
+    assert names.index("RoundFinalized") < names.index("Revealed") < names.index("RoundSettled")
+    assert all(c.owed(m.address, [task]) > 0 for m in w.miners)
+    # rejected: the reveals are ignored, the round is retried
+    rej = w.run_round(task, 2, combined=True, accept=False)
+    assert rej.votes.event("RoundRejected") and not rej.votes.all("Revealed")
+    assert c.round_state(task)["round"] == 2 and c.round_state(task)["phase"] == Phase.COMMIT
+    # claim through claimRewards pays the pending rewards once
+    m = w.miners[0]
+    amount = c.owed(m.address, [task])
+    assert c.claim(m, [task]) == amount and c.pending_rewards(task, m.address) == 0
+    with reverts("NothingToClaim"):
+        c.claim(m, [task])
