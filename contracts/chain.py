@@ -290,7 +290,10 @@ class Chain:
             self.w3 = Web3(EthereumTesterProvider())
         elif backend == "rpc":
             if self.cfg.start_anvil and not self.cfg.rpc_url and anvil is None:
+                import atexit
+
                 self.anvil = anvil = AnvilProcess().start()
+                atexit.register(anvil.stop)
             self.url = anvil.url if anvil is not None else self.cfg.rpc_url
             if not self.url:
                 raise ChainError("chain.backend=rpc needs chain.rpc_url (or start_anvil=true)")

@@ -80,7 +80,8 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
         _setNetworkParams(feeBps_, minStake_, slashBps_, unbonding_);
     }
 
-    /// @notice Stop publishing, registration and round progress (claims and stake withdrawals stay open).
+    /// @notice Stop publishing, registration, commits, proposals, votes and finalization. Reveals,
+    ///         settlement, claims and stake withdrawals stay open so that owed rewards can always be paid.
     function pause() external onlyOwner {
         _pause();
     }
