@@ -170,7 +170,6 @@ interface IModelMine {
     error TargetAlreadyRevealed();
     error NothingToClaim();
     error TransferFailed();
-    error InvalidSignature();
 
     // ------------------------------------------------------------------ events
     event TaskPublished(

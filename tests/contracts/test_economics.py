@@ -247,3 +247,27 @@ def test_vote_reveal_batch_one_transaction(world: Scenario) -> None:
     assert c.claim(m, [task]) == amount and c.pending_rewards(task, m.address) == 0
     with reverts("NothingToClaim"):
         c.claim(m, [task])
+
+
+def test_admin_parameters_and_views(embedded_chain) -> None:  # noqa: ANN001
+    owner = embedded_chain.funded_account()
+    c = ModelMineClient.deploy(embedded_chain, owner)
+    new_treasury = embedded_chain.funded_account()
+    res = c._tx(c.contract.functions.setTreasury(new_treasury.address), owner)
+    assert res.event("TreasuryChanged")["treasury"] == new_treasury.address
+    with reverts("ZeroAddress"):
+        c._tx(c.contract.functions.setTreasury("0x" + "00" * 20), owner)
+    res = c._tx(c.contract.functions.setNetworkParams(300, 5, 2000, 60), owner)
+    assert res.event("NetworkParamsChanged")["slashBps"] == 2000
+    with reverts("InvalidParams"):
+        c._tx(c.contract.functions.setNetworkParams(10_001, 5, 2000, 60), owner)
+    with reverts("OwnableUnauthorizedAccount"):
+        c._tx(c.contract.functions.setNetworkParams(1, 5, 2000, 60), new_treasury)
+    w = Scenario(c, 1, stake_wei=10)
+    assert c.chain.call(c.contract.functions.minerKey(w.miners[0].address)) == compressed_pubkey(w.miners[0])
+    task = w.publish(rounds=2)
+    assert c.task(task)["feeBps"] == 300  # the fee in force at publish time
+    c.cancel_task(w.publisher, task)
+    assert tuple(c.chain.call(c.contract.functions.balanceOf(w.publisher.address))) == (10**18, 0)
+    c.claim(w.publisher)
+    assert tuple(c.chain.call(c.contract.functions.balanceOf(w.publisher.address))) == (10**18, 10**18)

@@ -109,9 +109,13 @@ def test_access_control(world: Scenario, client) -> None:  # noqa: ANN001
                          w.aggregator)
     with reverts("NotParticipant"):
         c.chain.transact(c.contract.functions.vote(task, 1, MODEL, True, 5000, plist, 0), outsider)
-    # unregistered accounts cannot commit
+    # once proposed, the commit phase is over for everyone
     with reverts("WrongPhase"):
         c.commit(outsider, task, 1, SUPPORT, keccak(b"x"), keccak(b"y"))
+    # a malformed signature in a relayed batch
+    with reverts("ECDSAInvalidSignature"):
+        c.chain.transact(c.contract.functions.voteBatch(task, 1, MODEL, plist, [(0, True, 5000, b"\0" * 32, b"\0" * 32)]),
+                         w.aggregator)
 
 
 def test_unregistered_cannot_commit(world: Scenario) -> None:
