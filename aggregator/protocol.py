@@ -50,10 +50,19 @@ class RoundPlan:
     publisher_public: bytes
     aggregator_public: bytes
     domain: Domain
+    train_on_support: bool = True  # shared mode: miners train only the coordinates in S_t
 
     @property
     def support_hash(self) -> bytes:
         return support_hash(self.support) if self.support is not None else keccak(b"local-support")
+
+    def grad_mask(self) -> np.ndarray | None:
+        """0/1 float32 vector over the flattened model for support-restricted training, or None."""
+        if self.support is None or not self.train_on_support:
+            return None
+        mask = np.zeros(self.d, dtype=np.float32)
+        mask[self.support] = 1.0
+        return mask
 
     def to_config(self) -> dict[str, Any]:
         """Values for a Flower ConfigRecord (keys prefixed ``mm-``)."""
@@ -77,6 +86,7 @@ class RoundPlan:
             "mm-aggregator-public": self.aggregator_public,
             "mm-chain-id": self.domain.chain_id,
             "mm-verifying-contract": self.domain.verifying_contract,
+            "mm-train-on-support": bool(self.train_on_support),
         }
 
     @classmethod
@@ -109,6 +119,7 @@ class RoundPlan:
                 publisher_public=bytes(config["mm-publisher-public"]),
                 aggregator_public=bytes(config["mm-aggregator-public"]),
                 domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
+                train_on_support=bool(config["mm-train-on-support"]),
             )
         except KeyError as exc:
             raise ProtocolError(f"round plan lacks field {exc}") from exc

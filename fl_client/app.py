@@ -22,7 +22,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from aggregator.models import ModelSpec, build_model, flatten_state, load_state_checked
+from aggregator.models import ModelSpec, build_model, flatten_state, load_state_checked, unflatten_like
 from aggregator.protocol import RoundPlan
 from fl_client.data import LocalData, load_local_data, make_loader
 from fl_client.identity import load_identity
@@ -104,7 +104,12 @@ def train_handler(msg: Message, context: Context) -> Message:
     model = received_model(msg)
     global_flat = flatten_state(model.state_dict())
     cfg = train_config(config)
-    result = train(model, make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg)
+    masks = None
+    if "mm-version" in config:
+        mask = RoundPlan.from_config(config).grad_mask()
+        if mask is not None:
+            masks = unflatten_like(mask, model.state_dict())
+    result = train(model, make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg, grad_masks=masks)
     train_metrics = {
         "num-examples": result.num_examples,
         "train-loss": result.loss,

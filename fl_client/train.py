@@ -46,8 +46,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise TrainingError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
 
 
-def train(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device | None = None) -> TrainResult:
-    """Train ``model`` in place for ``cfg.epochs`` epochs; raises TrainingError if the loss diverges."""
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device | None = None,
+    grad_masks: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``cfg.epochs`` epochs; raises TrainingError if the loss diverges.
+
+    ``grad_masks`` (parameter name -> 0/1 tensor) freezes every coordinate whose mask is 0: the
+    update then lives exactly on the round's shared support (support-restricted training).
+    """
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise TrainingError(f"epochs, batch_size and lr must be positive: {cfg}")
     device = device or default_device()
@@ -55,6 +65,8 @@ def train(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
     criterion = nn.CrossEntropyLoss()
+    params = dict(model.named_parameters())
+    masks = {k: v.to(device) for k, v in (grad_masks or {}).items() if k in params}
     start = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     for _ in range(cfg.epochs):
@@ -67,6 +79,10 @@ def train(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.
             if not math.isfinite(loss.item()):
                 raise TrainingError("training loss became NaN/Inf; lower the learning rate")
             loss.backward()
+            for name, mask in masks.items():
+                grad = params[name].grad
+                if grad is not None:
+                    grad.mul_(mask)
             optimizer.step()
             total_loss += loss.item() * len(y)
             correct += int((out.argmax(1) == y).sum())

@@ -126,6 +126,7 @@ def build_secure_round(cfg: DictConfig, part: PartitionConfig, root: Path, d: in
         explore_fraction=float(cfg.dgc.explore_fraction),
         task_id=int(cfg.task.id),
         domain=Domain(int(cfg.task.chain_id), "0x" + "00" * 20),
+        train_on_support=bool(cfg.dgc.train_on_support),
     )
     return SecureRound(settings, d, registry, service, credential, publisher.public, aggregator_keys.public)
 

@@ -49,6 +49,7 @@ class SecureSettings:
     explore_fraction: float
     task_id: int
     domain: Domain
+    train_on_support: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class SecureRound:
             publisher_public=self.publisher_public,
             aggregator_public=self.aggregator_public,
             domain=s.domain,
+            train_on_support=s.train_on_support,
         )
 
     def verify_reply(self, plan: RoundPlan, reply: Message, selected: set[int]) -> Accepted:
