@@ -13,7 +13,7 @@ import numpy as np
 from eth_utils import keccak
 
 from aggregator.dgc import DGCConfig
-from aggregator.eip712 import Domain, Submission
+from aggregator.eip712 import Domain, Reveal, Submission, Vote
 from aggregator.support import support_hash, validate_indices
 
 PROTOCOL_VERSION = 1
@@ -39,7 +39,7 @@ class RoundPlan:
     """Everything a selected miner needs to produce its round-``round`` submission."""
 
     task_id: int
-    round: int
+    round: int  # the task's round on chain (repeats when a rejected round is retried); signed
     d: int  # flattened model size
     backend: str  # none | masked | nddfe
     bits: int
@@ -51,6 +51,12 @@ class RoundPlan:
     aggregator_public: bytes
     domain: Domain
     train_on_support: bool = True  # shared mode: miners train only the coordinates in S_t
+    epoch: int = 0  # monotonic attempt counter: keys the masks, so a retried round never reuses one
+
+    @property
+    def crypto_round(self) -> int:
+        """What masks and functional keys are bound to: the epoch (or the round when unset)."""
+        return self.epoch or self.round
 
     @property
     def support_hash(self) -> bytes:
@@ -87,6 +93,7 @@ class RoundPlan:
             "mm-chain-id": self.domain.chain_id,
             "mm-verifying-contract": self.domain.verifying_contract,
             "mm-train-on-support": bool(self.train_on_support),
+            "mm-epoch": self.epoch,
         }
 
     @classmethod
@@ -120,6 +127,7 @@ class RoundPlan:
                 aggregator_public=bytes(config["mm-aggregator-public"]),
                 domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
                 train_on_support=bool(config["mm-train-on-support"]),
+                epoch=int(config["mm-epoch"]),
             )
         except KeyError as exc:
             raise ProtocolError(f"round plan lacks field {exc}") from exc
@@ -191,3 +199,85 @@ class SignedSubmission:
     def wire_bytes(self) -> int:
         """Bytes of the payload fields (ciphertext, indices, commitment, signature, address)."""
         return len(self.ciphertext) + len(self.indices) + 32 + 65 + 20
+
+
+@dataclass(frozen=True)
+class VoteRequest:
+    """The server asks a round's participants to judge the candidate model (sent with its weights)."""
+
+    task_id: int
+    round: int
+    model_hash: bytes
+    domain: Domain
+    tolerance: float  # accept when local accuracy >= last accepted local accuracy - tolerance
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "mm-vote": PROTOCOL_VERSION,
+            "mm-task-id": self.task_id,
+            "mm-round": self.round,
+            "mm-model-hash": self.model_hash,
+            "mm-chain-id": self.domain.chain_id,
+            "mm-verifying-contract": self.domain.verifying_contract,
+            "mm-tolerance": float(self.tolerance),
+        }
+
+    @classmethod
+    def from_config(cls, config: Any) -> VoteRequest:
+        try:
+            req = cls(
+                task_id=int(config["mm-task-id"]),
+                round=int(config["mm-round"]),
+                model_hash=bytes(config["mm-model-hash"]),
+                domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
+                tolerance=float(config["mm-tolerance"]),
+            )
+        except KeyError as exc:
+            raise ProtocolError(f"vote request lacks field {exc}") from exc
+        if len(req.model_hash) != 32:
+            raise ProtocolError("model hash must be 32 bytes")
+        return req
+
+
+@dataclass(frozen=True)
+class SignedVote:
+    """A participant's signed vote on the candidate and its signed reveal of the round's score."""
+
+    address: str
+    vote: Vote
+    vote_signature: bytes
+    reveal: Reveal | None
+    reveal_signature: bytes = b""
+
+    def to_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mm-address": self.address,
+            "mm-task-id": self.vote.taskId,
+            "mm-round": self.vote.round,
+            "mm-model-hash": self.vote.modelHash,
+            "mm-accept": bool(self.vote.accept),
+            "mm-accuracy-bps": int(self.vote.accuracyBps),
+            "mm-vote-signature": self.vote_signature,
+        }
+        if self.reveal is not None:
+            # scores can exceed int64 for huge supports: carried as 32 big-endian bytes
+            out["mm-score"] = int(self.reveal.score).to_bytes(32, "big")
+            out["mm-nonce"] = self.reveal.nonce
+            out["mm-reveal-signature"] = self.reveal_signature
+        return out
+
+    @classmethod
+    def from_config(cls, config: Any) -> SignedVote:
+        try:
+            task_id, round_ = int(config["mm-task-id"]), int(config["mm-round"])
+            vote = Vote(task_id, round_, bytes(config["mm-model-hash"]), bool(config["mm-accept"]),
+                        int(config["mm-accuracy-bps"]))
+            reveal, rsig = None, b""
+            if "mm-score" in config:
+                reveal = Reveal(task_id, round_, int.from_bytes(bytes(config["mm-score"]), "big"), bytes(config["mm-nonce"]))
+                rsig = bytes(config["mm-reveal-signature"])
+            return cls(str(config["mm-address"]), vote, bytes(config["mm-vote-signature"]), reveal, rsig)
+        except KeyError as exc:
+            raise ProtocolError(f"vote lacks field {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed vote: {exc}") from exc

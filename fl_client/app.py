@@ -22,11 +22,19 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from aggregator.models import ModelSpec, build_model, flatten_state, load_state_checked, unflatten_like
-from aggregator.protocol import RoundPlan
+from aggregator.models import (
+    ModelSpec,
+    build_model,
+    flatten_state,
+    load_state_checked,
+    model_hash,
+    state_to_bytes,
+    unflatten_like,
+)
+from aggregator.protocol import RoundPlan, VoteRequest
 from fl_client.data import LocalData, load_local_data, make_loader
 from fl_client.identity import load_identity
-from fl_client.secure_update import MinerState, build_submission
+from fl_client.secure_update import MinerState, build_submission, cast_vote
 from fl_client.train import TrainConfig, evaluate, train
 
 app = ClientApp()
@@ -126,10 +134,19 @@ def train_handler(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_handler(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on the local validation split; with ``mm-vote`` also vote on it
+    (signed) and reveal this round's score (signed), as a participant of the round."""
     _threads(context)
     config = msg.content["config"]
     data = local_data(config, context)
     model = received_model(msg)
     loss, accuracy, n = evaluate(model, make_loader(data.val, 256, shuffle=False))
     metrics = MetricRecord({"num-examples": n, "eval-loss": loss, "eval-accuracy": accuracy})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    content = RecordDict({"metrics": metrics})
+    if "mm-vote" in config:
+        folder = data_folder(config, context)
+        request = VoteRequest.from_config(config)
+        weights_hash = model_hash(state_to_bytes(msg.content["arrays"].to_torch_state_dict()))
+        signed = cast_vote(request, weights_hash, accuracy, load_identity(folder), MinerState(folder, request.task_id))
+        content["vote"] = ConfigRecord(signed.to_config())
+    return Message(content=content, reply_to=msg)

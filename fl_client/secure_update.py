@@ -18,7 +18,15 @@ import numpy as np
 from aggregator import eip712, quantize, secagg
 from aggregator.commitments import Opening, commitment, new_nonce
 from aggregator.dgc import DGCError, DGCState
-from aggregator.protocol import ProtocolError, RoundPlan, SignedSubmission, indices_to_bytes
+from aggregator.eip712 import Reveal, Vote
+from aggregator.protocol import (
+    ProtocolError,
+    RoundPlan,
+    SignedSubmission,
+    SignedVote,
+    VoteRequest,
+    indices_to_bytes,
+)
 from fl_client.identity import MinerIdentity
 
 
@@ -50,7 +58,7 @@ def build_submission(
         q,
         sparse.indices,
         plan.task_id,
-        plan.round,
+        plan.crypto_round,
         identity.secagg.secret,
         plan.publisher_public,
         plan.aggregator_public,
@@ -69,6 +77,29 @@ def build_submission(
     signature = eip712.sign(plan.domain, unsigned.message(support_hash), identity.eth_key)
     signed = SignedSubmission(**{**unsigned.__dict__, "signature": signature})
     return SubmissionResult(signed, Opening(score, nonce), sparse.k, 4 * plan.d)
+
+
+def cast_vote(
+    request: VoteRequest, weights_hash: bytes, accuracy: float, identity: MinerIdentity, store: MinerState
+) -> SignedVote:
+    """Vote on the candidate and reveal this round's score, both signed with the miner's key.
+
+    The vote accepts when the received weights are the announced candidate and the local validation
+    accuracy did not drop by more than ``request.tolerance`` since the last model this miner accepted.
+    The reveal is attached only when the miner holds an opening for (task, round), i.e. it submitted.
+    """
+    last = store.last_accepted_accuracy()
+    accept = weights_hash == request.model_hash and (last is None or accuracy >= last - request.tolerance)
+    vote = Vote(request.task_id, request.round, request.model_hash, accept, int(round(accuracy * 10_000)))
+    vote_sig = eip712.sign(request.domain, vote, identity.eth_key)
+    opening = store.openings().get(request.round)
+    reveal, reveal_sig = None, b""
+    if opening is not None:
+        reveal = Reveal(request.task_id, request.round, opening.score, opening.nonce)
+        reveal_sig = eip712.sign(request.domain, reveal, identity.eth_key)
+    if accept:
+        store.save_accepted_accuracy(accuracy)
+    return SignedVote(identity.address, vote, vote_sig, reveal, reveal_sig)
 
 
 class MinerState:
@@ -95,6 +126,14 @@ class MinerState:
         tmp = self.dgc_path.with_suffix(".tmp")
         tmp.write_bytes(state.to_bytes())
         tmp.replace(self.dgc_path)
+
+    def last_accepted_accuracy(self) -> float | None:
+        path = self.dir / f"votes-task{self.task_id}.json"
+        return json.loads(path.read_text())["accuracy"] if path.exists() else None
+
+    def save_accepted_accuracy(self, accuracy: float) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / f"votes-task{self.task_id}.json").write_text(json.dumps({"accuracy": accuracy}))
 
     def openings(self) -> dict[int, Opening]:
         if not self.openings_path.exists():

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -24,9 +25,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from aggregator.datasets import get_spec
 from aggregator.dgc import DGCConfig
 from aggregator.eip712 import Domain
-from aggregator.models import ModelSpec, build_model, num_parameters
+from aggregator.models import ModelSpec, build_model, model_hash, num_parameters, state_to_bytes
 from aggregator.secagg import AggregatorKeys, PublisherKeys
 from fl_client.identity import create_identity
+from fl_server.chain_round import ChainSession, open_session
 from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, miner_dir, prepare, server_test_path
 from fl_server.evaluation import ServerEvaluator
 from fl_server.key_service import PublisherKeyService, new_credential
@@ -106,16 +108,36 @@ def dgc_config(cfg: DictConfig) -> DGCConfig:
     )
 
 
-def build_secure_round(cfg: DictConfig, part: PartitionConfig, root: Path, d: int) -> SecureRound:
-    """Keys for the simulated parties, the miners' public registry, the publisher's key service."""
+def build_secure_round(
+    cfg: DictConfig, part: PartitionConfig, root: Path, initial: torch.nn.Module
+) -> tuple[SecureRound, ChainSession | None]:
+    """Keys of the simulated parties, the miners' registry, the publisher's key service and, with a
+    chain, the published task (miners registered on chain, the registry read back from it)."""
     folders = [miner_dir(root, part, i) for i in range(part.num_miners)]
     for folder in folders:  # simulation set-up: each miner gets its own keys in its own folder
         if not (folder / "keys" / "public.json").exists():
             create_identity(folder)
-    registry = MinerRegistry.from_miner_folders(folders)
     backend = str(cfg.secagg.backend)
     publisher = PublisherKeys.generate()
     aggregator_keys = AggregatorKeys.generate()
+    session: ChainSession | None = None
+    task_id, domain = int(cfg.task.id), Domain(int(cfg.task.chain_id), "0x" + "00" * 20)
+    if str(cfg.chain.backend) != "none":
+        session = open_session(
+            cfg.chain,
+            model_hash=model_hash(state_to_bytes(initial.state_dict())),
+            publisher_key=publisher.public,
+            aggregator_key=aggregator_keys.public,
+            rounds=int(cfg.rounds),
+            dataset=part.dataset,
+            miner_folders=folders,
+            target_bps=int(round(float(cfg.task.target_accuracy) * 10_000)),
+            tolerance=float(cfg.task.vote_tolerance),
+        )
+        registry = session.registry()
+        task_id, domain = session.task_id, session.domain
+    else:
+        registry = MinerRegistry.from_miner_folders(folders)
     credential = new_credential()
     service = PublisherKeyService(backend, publisher, credential, registry.key_of)
     settings = SecureSettings(
@@ -124,18 +146,25 @@ def build_secure_round(cfg: DictConfig, part: PartitionConfig, root: Path, d: in
         clip=float(cfg.secagg.clip),
         dgc=dgc_config(cfg),
         explore_fraction=float(cfg.dgc.explore_fraction),
-        task_id=int(cfg.task.id),
-        domain=Domain(int(cfg.task.chain_id), "0x" + "00" * 20),
+        task_id=task_id,
+        domain=domain,
         train_on_support=bool(cfg.dgc.train_on_support),
     )
-    return SecureRound(settings, d, registry, service, credential, publisher.public, aggregator_keys.public)
+    secure = SecureRound(
+        settings, num_parameters(initial), registry, service, credential, publisher.public, aggregator_keys.public
+    )
+    return secure, session
 
 
 def _table_line(r: RoundRecord) -> str:
-    return (
+    line = (
         f"round {r.round:>3} | acc {r.accuracy * 100:6.2f}% | loss {r.loss:.4f} | {r.round_seconds:6.1f} s | "
         f"{r.upload_bytes_per_miner / 1e3:8.1f} kB/miner | {r.received}/{r.selected} miners"
     )
+    if "chain_status" in r.extra:
+        e = r.extra
+        line += f" | {e['chain_status']} {e['votes_accept']} | {e['rewards_eth']:.4f} ETH | {e['gas']:,} gas"
+    return line
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None = None) -> dict[str, Any]:
@@ -150,6 +179,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
 
     logging.getLogger("flwr").setLevel(str(cfg.log_level))
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+    warnings.filterwarnings("ignore", category=ResourceWarning)
     console = Console(width=120)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = data_root(cfg)
@@ -183,13 +213,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         progress.console.print(_table_line(record))
         progress.advance(bar)
 
-    secure = build_secure_round(cfg, part, root, num_parameters(initial)) if secure_mode(cfg) else None
+    secure, session = build_secure_round(cfg, part, root, initial) if secure_mode(cfg) else (None, None)
+    if session is not None:
+        console.print(f"chain {cfg.chain.backend}: task {session.task_id} published on {session.client.address}")
     strategy = ModelMineStrategy(
         selector=RandomSelector(per_round=int(sel.per_round), min_available=int(sel.min_available), seed=int(cfg.seed)),
         server_optimizer=ServerOptimizer(lr=float(cfg.strategy.server_lr), momentum=float(cfg.strategy.server_momentum)),
         on_round=on_round,
         min_replies=int(cfg.strategy.min_replies),
         secure=secure,
+        chain=session,
     )
     server_app = ServerApp()
 
@@ -219,6 +252,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         )
     wall = clock.elapsed()
     records = strategy.records
+    chain_summary = None
+    if session is not None:
+        chain_summary = session.finish(sorted(session.registry().secagg_keys))
+        session.client.chain.close()
     if len(records) < int(cfg.rounds):
         raise RuntimeError(f"simulation ended after {len(records)} of {cfg.rounds} rounds; see the log above")
     write_rounds(out_dir, records)
@@ -242,10 +279,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         "mean_upload_bytes_per_miner": sum(r.upload_bytes_per_miner for r in records) / len(records),
         "parameters": num_parameters(initial),
         "rejected_replies": len(strategy.rejections),
+        "chain": chain_summary,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     write_summary(out_dir, summary)
+    if chain_summary:
+        console.print(
+            f"chain: task {chain_summary['task_id']}: {chain_summary['finalized_rounds']} rounds finalized, "
+            f"{chain_summary['miner_rewards_total_eth']:.4f} ETH owed to miners (pull with claim)"
+        )
     console.print(
         f"done: final accuracy {summary['final_accuracy'] * 100:.2f}% after {len(records)} rounds, "
         f"{wall:.1f} s wall, peak memory {summary['peak_rss_mb']:.0f} MB (all processes). Outputs: {out_dir}"

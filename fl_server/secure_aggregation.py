@@ -70,7 +70,7 @@ class SecureRound:
     publisher_public: bytes
     aggregator_public: bytes
     prev_aggregate: np.ndarray | None = None
-    _seen: set[tuple[str, int, int]] = field(default_factory=set)
+    _seen: set[tuple[str, int, int]] = field(default_factory=set)  # (miner, task, epoch)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -79,17 +79,20 @@ class SecureRound:
         if s.dgc.support == "local" and s.backend != "none":
             raise ValueError("dgc.support=local reveals each miner's coordinates: use it only with secagg=none")
 
-    def plan(self, server_round: int, public_seed: bytes) -> RoundPlan:
-        """This round's plan; the shared support comes from the last aggregate and ``public_seed``."""
+    def plan(self, server_round: int, public_seed: bytes, task_round: int | None = None) -> RoundPlan:
+        """The plan of attempt ``server_round`` (the epoch) at the task's round ``task_round``
+        (defaults to the epoch; differs once a rejected round is retried). The shared support comes
+        from the last aggregate and ``public_seed``."""
         s = self.settings
-        density = s.dgc.density_at(server_round)
+        task_round = server_round if task_round is None else task_round
+        density = s.dgc.density_at(task_round)
         support = None
         if s.dgc.support == "shared":
             k = k_for_density(self.d, density)
             support = select_support(self.prev_aggregate, k, public_seed, self.d, s.explore_fraction)
         return RoundPlan(
             task_id=s.task_id,
-            round=server_round,
+            round=task_round,
             d=self.d,
             backend=s.backend,
             bits=s.bits,
@@ -101,6 +104,7 @@ class SecureRound:
             aggregator_public=self.aggregator_public,
             domain=s.domain,
             train_on_support=s.train_on_support,
+            epoch=server_round,
         )
 
     def verify_reply(self, plan: RoundPlan, reply: Message, selected: set[int]) -> Accepted:
@@ -125,7 +129,7 @@ class SecureRound:
             raise ReplyRejected(
                 f"node {node} submitted for task {sub.task_id} round {sub.round}, expected {plan.task_id}/{plan.round}"
             )
-        key = (sub.address, sub.task_id, sub.round)
+        key = (sub.address, sub.task_id, plan.crypto_round)
         if key in self._seen:
             raise ReplyRejected(f"replay: {sub.address} already submitted for round {plan.round}")
         if plan.support is not None:
@@ -162,7 +166,9 @@ class SecureRound:
             ordered = sorted(accepted, key=lambda a: a.submission.address)
             addresses = [a.submission.address for a in ordered]
             try:
-                key = self.key_service.functional_key(self.credential, plan.task_id, plan.round, addresses, plan.support)
+                key = self.key_service.functional_key(
+                    self.credential, plan.task_id, plan.crypto_round, addresses, plan.support
+                )
                 summed = secagg.decrypt_sum(
                     plan.backend,  # type: ignore[arg-type]
                     [a.submission.ciphertext for a in ordered],
@@ -177,7 +183,7 @@ class SecureRound:
             total[plan.support] = quantize.dequantize_sum(summed, n, s.clip, s.bits, mean=True)
         else:  # local support, plaintext only
             for a in accepted:
-                plain_key = secagg.functional_key("none", None, [], plan.task_id, plan.round, a.indices)
+                plain_key = secagg.functional_key("none", None, [], plan.task_id, plan.crypto_round, a.indices)
                 values = secagg.decrypt_sum("none", [a.submission.ciphertext], plain_key, 1, s.bits)
                 total[a.indices] += quantize.dequantize(values, s.clip, s.bits)
             total /= n

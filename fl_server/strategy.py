@@ -20,7 +20,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from aggregator.models import flatten_state, model_hash, state_to_bytes, unflatten_like
-from aggregator.protocol import RoundPlan
+from aggregator.protocol import ProtocolError, RoundPlan, SignedVote
+from fl_server.chain_round import ChainSession
 from fl_server.results import RoundRecord
 from fl_server.secure_aggregation import Accepted, ReplyRejected, RoundFailed, SecureRound, public_seed
 from fl_server.selection import RandomSelector
@@ -93,6 +94,7 @@ class ModelMineStrategy(FedAvg):
         on_round: Callable[[RoundRecord], None] | None = None,
         min_replies: int = 1,
         secure: SecureRound | None = None,
+        chain: ChainSession | None = None,
     ) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.selector = selector
@@ -103,6 +105,11 @@ class ModelMineStrategy(FedAvg):
         self.accepted: dict[int, list] = {}  # round -> accepted SignedSubmissions (commitments for the chain)
         self.rejections: list[tuple[int, str]] = []
         self.secure = secure
+        self.chain = chain
+        if chain is not None and secure is None:
+            raise ValueError("on-chain rounds need commitments: enable DGC or a secagg backend (secure round)")
+        self._accepted: list[Accepted] = []
+        self._finalized: dict[str, torch.Tensor] | None = None
         self._global: dict[str, torch.Tensor] | None = None
         self._round_info: dict[str, float] = {}
         self._plan: RoundPlan | None = None
@@ -118,7 +125,8 @@ class ModelMineStrategy(FedAvg):
         if self.secure is not None:
             assert self._global is not None
             seed = public_seed(self.secure.settings.task_id, server_round, model_hash(state_to_bytes(self._global)))
-            self._plan = self.secure.plan(server_round, seed)
+            task_round = self.chain.round if self.chain is not None else None
+            self._plan = self.secure.plan(server_round, seed, task_round)
             for key, value in self._plan.to_config().items():
                 config[key] = value
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -185,10 +193,48 @@ class ModelMineStrategy(FedAvg):
             info["failed"] = 1.0
             return None, None
         self.accepted[server_round] = [a.submission for a in accepted]
+        self._accepted = accepted
         new = self.server_optimizer.step(current, current + mean_update)
         self._global = unflatten_like(new.astype(np.float32), self._global)
         metrics = MetricRecord({"train-loss": info["train_loss"], "num-submissions": len(accepted)})
         return ArrayRecord(self._global), metrics
+
+    def _vote(self, server_round: int, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float) -> dict:
+        """Candidate block on chain, then the round's participants evaluate it, vote and reveal (signed);
+        the votes and reveals are relayed in one batch. Returns the chain columns of the round."""
+        assert self.chain is not None and self._plan is not None and self._global is not None
+        candidate_hash = model_hash(state_to_bytes(self._global))
+        proposal = self.chain.propose(self._plan, self._accepted, candidate_hash)
+        request = self.chain.vote_request(candidate_hash)
+        voters = {a.node_id: a.submission.address for a in self._accepted}
+        vote_config = ConfigRecord({**dict(config), **request.to_config()})
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: vote_config})
+        replies = grid.send_and_receive(self._construct_messages(record, sorted(voters), "evaluate"), timeout=timeout)
+        votes: list[SignedVote] = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error() or "vote" not in reply.content.config_records:
+                    raise ReplyRejected(f"node {node} sent no vote")
+                signed = SignedVote.from_config(reply.content["vote"])
+                if node not in voters:
+                    raise ReplyRejected(f"node {node} is not a participant of round {self.chain.round}")
+                self.chain.check_vote(signed, voters[node], candidate_hash)
+                votes.append(signed)
+            except (ReplyRejected, ProtocolError) as exc:
+                log.warning("round %d: rejected vote: %s", server_round, exc)
+                self.rejections.append((server_round, str(exc)))
+        order = {a.submission.address: i for i, a in enumerate(self._accepted)}
+        votes.sort(key=lambda v: order[v.address])
+        participants = [(a.submission.address, a.submission.commitment) for a in self._accepted]
+        outcome = self.chain.relay(candidate_hash, votes, participants, proposal.gas_used)
+        if outcome.status == "finalized":
+            self._finalized = self._global
+        else:  # FLock-style: the round is retried from the last finalized model
+            log.warning("round %d rejected on chain (%d/%d accept); reverting", server_round, outcome.accepts, outcome.votes)
+            assert self._finalized is not None
+            self._global = self._finalized
+        return outcome.as_extra()
 
     # -- round loop ----------------------------------------------------------------------------
     def start(
@@ -206,6 +252,7 @@ class ModelMineStrategy(FedAvg):
         result = Result()
         arrays = initial_arrays
         self._global = initial_arrays.to_torch_state_dict()
+        self._finalized = self._global
         if evaluate_fn:
             first = evaluate_fn(0, arrays)
             if first is not None:
@@ -219,6 +266,10 @@ class ModelMineStrategy(FedAvg):
             t_agg = time.perf_counter()
             new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             aggregate_seconds = time.perf_counter() - t_agg
+            chain_extra: dict = {}
+            if new_arrays is not None and self.chain is not None:
+                chain_extra = self._vote(server_round, grid, new_arrays, train_config, timeout)
+                new_arrays = ArrayRecord(self._global)
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
             if train_metrics is not None:
@@ -239,7 +290,7 @@ class ModelMineStrategy(FedAvg):
                 aggregate_seconds=aggregate_seconds,
                 train_loss=info.get("train_loss", float("nan")),
                 train_seconds_mean=info.get("train_seconds", float("nan")),
-                extra={k: info[k] for k in ("k", "protect_seconds", "failed") if k in info},
+                extra={**{k: info[k] for k in ("k", "protect_seconds", "failed") if k in info}, **chain_extra},
             )
             self.records.append(record)
             if self.on_round:
