@@ -34,6 +34,11 @@ def indices_from_bytes(data: bytes, d: int) -> np.ndarray:
     return validate_indices(np.frombuffer(bytes(data), dtype="<u4").astype(np.int64), d)
 
 
+def task_key(domain: Domain, task_id: int, publisher_public: bytes) -> str:
+    raw = domain.chain_id.to_bytes(32, "big") + bytes.fromhex(domain.verifying_contract[2:]) + task_id.to_bytes(32, "big")
+    return keccak(raw + publisher_public).hex()[:16]
+
+
 @dataclass(frozen=True)
 class RoundPlan:
     """Everything a selected miner needs to produce its round-``round`` submission."""
@@ -54,6 +59,12 @@ class RoundPlan:
     epoch: int = 0  # monotonic attempt counter: keys the masks, so a retried round never reuses one
 
     @property
+    def task_key(self) -> str:
+        """Names this task's miner-side state: (chain, contract, task id, publisher key) are unique
+        per published task, while a bare task id repeats across chains and deployments."""
+        return task_key(self.domain, self.task_id, self.publisher_public)
+
+    @property
     def crypto_round(self) -> int:
         """What masks and functional keys are bound to: the epoch (or the round when unset)."""
         return self.epoch or self.round
@@ -64,7 +75,7 @@ class RoundPlan:
 
     def grad_mask(self) -> np.ndarray | None:
         """0/1 float32 vector over the flattened model for support-restricted training, or None."""
-        if self.support is None or not self.train_on_support:
+        if self.support is None or not self.train_on_support or self.support.size == self.d:
             return None
         mask = np.zeros(self.d, dtype=np.float32)
         mask[self.support] = 1.0
@@ -210,10 +221,12 @@ class VoteRequest:
     model_hash: bytes
     domain: Domain
     tolerance: float  # accept when local accuracy >= last accepted local accuracy - tolerance
+    task_key: str = ""  # RoundPlan.task_key: where the miner keeps this task's openings
 
     def to_config(self) -> dict[str, Any]:
         return {
             "mm-vote": PROTOCOL_VERSION,
+            "mm-task-key": self.task_key,
             "mm-task-id": self.task_id,
             "mm-round": self.round,
             "mm-model-hash": self.model_hash,
@@ -231,6 +244,7 @@ class VoteRequest:
                 model_hash=bytes(config["mm-model-hash"]),
                 domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
                 tolerance=float(config["mm-tolerance"]),
+                task_key=str(config["mm-task-key"]),
             )
         except KeyError as exc:
             raise ProtocolError(f"vote request lacks field {exc}") from exc

@@ -88,7 +88,7 @@ def secure_reply(msg: Message, context: Context, model: torch.nn.Module, global_
     plan = RoundPlan.from_config(config)
     folder = data_folder(config, context)
     identity = load_identity(folder)
-    store = MinerState(folder, plan.task_id)
+    store = MinerState(folder, plan.task_key)
     state = store.load_dgc(plan)
     delta = flatten_state(model.state_dict()) - global_flat
     t0 = time.perf_counter()
@@ -147,6 +147,6 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
         folder = data_folder(config, context)
         request = VoteRequest.from_config(config)
         weights_hash = model_hash(state_to_bytes(msg.content["arrays"].to_torch_state_dict()))
-        signed = cast_vote(request, weights_hash, accuracy, load_identity(folder), MinerState(folder, request.task_id))
+        signed = cast_vote(request, weights_hash, accuracy, load_identity(folder), MinerState(folder, request.task_key))
         content["vote"] = ConfigRecord(signed.to_config())
     return Message(content=content, reply_to=msg)

@@ -103,13 +103,16 @@ def cast_vote(
 
 
 class MinerState:
-    """DGC state and commitment openings of one miner for one task, kept in ``folder/state``."""
+    """DGC state, commitment openings and votes of one miner for one task, kept in ``folder/state``
+    under the task's key (``RoundPlan.task_key``), so state never leaks between tasks or chains."""
 
-    def __init__(self, folder: Path, task_id: int) -> None:
+    def __init__(self, folder: Path, task_key: str) -> None:
+        if not task_key or not task_key.isalnum():
+            raise ProtocolError(f"bad task key {task_key!r}")
         self.dir = Path(folder) / "state"
-        self.task_id = task_id
-        self.dgc_path = self.dir / f"dgc-task{task_id}.safetensors"
-        self.openings_path = self.dir / f"openings-task{task_id}.json"
+        self.task_key = task_key
+        self.dgc_path = self.dir / f"dgc-{task_key}.safetensors"
+        self.openings_path = self.dir / f"openings-{task_key}.json"
 
     def load_dgc(self, plan: RoundPlan) -> DGCState:
         if self.dgc_path.exists():
@@ -128,12 +131,12 @@ class MinerState:
         tmp.replace(self.dgc_path)
 
     def last_accepted_accuracy(self) -> float | None:
-        path = self.dir / f"votes-task{self.task_id}.json"
+        path = self.dir / f"votes-{self.task_key}.json"
         return json.loads(path.read_text())["accuracy"] if path.exists() else None
 
     def save_accepted_accuracy(self, accuracy: float) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / f"votes-task{self.task_id}.json").write_text(json.dumps({"accuracy": accuracy}))
+        (self.dir / f"votes-{self.task_key}.json").write_text(json.dumps({"accuracy": accuracy}))
 
     def openings(self) -> dict[int, Opening]:
         if not self.openings_path.exists():

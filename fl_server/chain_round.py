@@ -77,8 +77,8 @@ class ChainSession:
             registry.register(event["miner"], bytes(event["publicKey"]))
         return registry
 
-    def vote_request(self, model_hash: bytes) -> VoteRequest:
-        return VoteRequest(self.task_id, self.round, model_hash, self.domain, self.tolerance)
+    def vote_request(self, model_hash: bytes, task_key: str) -> VoteRequest:
+        return VoteRequest(self.task_id, self.round, model_hash, self.domain, self.tolerance, task_key)
 
     def propose(self, plan: RoundPlan, accepted: Sequence[Accepted], model_hash: bytes) -> TxResult:
         """Post the candidate block (round, model hash, support) with the signed commitments of I."""

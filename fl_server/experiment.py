@@ -180,7 +180,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
     logging.getLogger("flwr").setLevel(str(cfg.log_level))
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
     warnings.filterwarnings("ignore", category=ResourceWarning)
-    console = Console(width=120)
+    console = Console(width=160)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = data_root(cfg)
     part = partition_config(cfg)
@@ -243,6 +243,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         "init_args": {"num_cpus": int(sim.total_cpus) or os.cpu_count() or 1, "include_dashboard": False},
     }
     clock = Stopwatch()
+    warnings.simplefilter("ignore", ResourceWarning)  # Ray's log files, eth-tester resets filters
     with PeakMemory() as memory, progress:
         run_simulation(
             server_app=server_app,

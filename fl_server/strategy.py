@@ -205,7 +205,7 @@ class ModelMineStrategy(FedAvg):
         assert self.chain is not None and self._plan is not None and self._global is not None
         candidate_hash = model_hash(state_to_bytes(self._global))
         proposal = self.chain.propose(self._plan, self._accepted, candidate_hash)
-        request = self.chain.vote_request(candidate_hash)
+        request = self.chain.vote_request(candidate_hash, self._plan.task_key)
         voters = {a.node_id: a.submission.address for a in self._accepted}
         vote_config = ConfigRecord({**dict(config), **request.to_config()})
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: vote_config})

@@ -43,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # -- the modes: name -> (runner, Hydra overrides of the mode) -------------------------------------
 # runner "ours" = fl_server.experiment.run_experiment, "secaggplus" = Flower's SecAgg+ baseline.
 MODES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dense": ("ours", ("secagg=none", "dgc.enabled=false")),
-    "dgc": ("ours", ("secagg=none", "dgc.enabled=true")),
-    "dgc+masked": ("ours", ("secagg=masked", "dgc.enabled=true")),
-    "dgc+nddfe": ("ours", ("secagg=nddfe", "dgc.enabled=true")),
+    "dense": ("ours", ("secagg=none", "dgc.enabled=false", "chain=none")),
+    "masked": ("ours", ("secagg=masked", "dgc.enabled=false", "chain=none")),
+    "dgc": ("ours", ("secagg=none", "dgc.enabled=true", "chain=none")),
+    "dgc+masked": ("ours", ("secagg=masked", "dgc.enabled=true", "chain=none")),
+    "dgc+nddfe": ("ours", ("secagg=nddfe", "dgc.enabled=true", "chain=none")),
     "secaggplus": ("secaggplus", ()),
 }
 

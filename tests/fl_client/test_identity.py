@@ -47,3 +47,16 @@ def test_missing_keys_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.delenv(ETH_ENV, raising=False)
     with pytest.raises(IdentityError, match="make_miner_keys"):
         load_identity(tmp_path)
+
+
+def test_miner_state_is_kept_per_task_key(tmp_path):
+    from aggregator.commitments import Opening
+    from aggregator.protocol import ProtocolError
+    from fl_client.secure_update import MinerState
+
+    a, b = MinerState(tmp_path, "aaaa1111"), MinerState(tmp_path, "bbbb2222")
+    a.save_opening(1, Opening(7, b"\1" * 32))
+    assert a.openings()[1].score == 7 and b.openings() == {}
+    assert os.stat(a.openings_path).st_mode & 0o077 == 0
+    with pytest.raises(ProtocolError):
+        MinerState(tmp_path, "../escape")

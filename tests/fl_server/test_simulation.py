@@ -23,13 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(root: Path, *overrides: str):
+    """A tiny run (digits, mlp, 3 miners, 2 rounds) in plaintext without chain unless overridden."""
+    settings = {
+        "dataset": "digits", "model": "mlp", "num_miners": "3", "rounds": "2", "data_root": str(root),
+        "secagg": "none", "dgc.enabled": "false", "chain": "none",
+    }
+    settings.update(o.split("=", 1) for o in overrides)
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        return compose(
-            config_name="config",
-            overrides=[
-                "dataset=digits", "model=mlp", "num_miners=3", "rounds=2", f"data_root={root}", *overrides,
-            ],
-        )
+        return compose(config_name="config", overrides=[f"{k}={v}" for k, v in settings.items()])
 
 
 def test_federated_training_improves_the_global_model(tmp_path):
@@ -72,6 +73,7 @@ def test_a_miner_sending_nan_is_rejected_and_the_round_goes_on(tmp_path):
 def test_multirun_writes_one_table_across_runs(tmp_path):
     cmd = [
         sys.executable, "-m", "fl_server", "--multirun", "dataset=digits", "model=mlp", "num_miners=2", "rounds=1",
+        "secagg=none", "chain=none",
         "dataset.partition=iid,dirichlet", f"data_root={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
