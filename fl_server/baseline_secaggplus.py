@@ -57,8 +57,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from aggregator.models import ModelSpec, build_model, num_parameters
+from fl_client.app import train_config as miner_train_config
 from fl_client.data import load_local_data, make_loader
-from fl_client.train import TrainConfig, train
+from fl_client.train import train
 from fl_server.data_prep import PartitionConfig, is_prepared, miner_dir, prepare, server_test_path
 from fl_server.evaluation import ServerEvaluator
 from fl_server.experiment import data_root, model_spec, partition_config, train_config
@@ -121,15 +122,7 @@ def make_client_app() -> Any:
             data = load_local_data(folder / f"miner_{self.partition_id}", str(config["dataset"]))
             model = build_model(ModelSpec.from_json(str(config["model-spec"])))
             _load_arrays(model, parameters)
-            cfg = TrainConfig(
-                epochs=int(config["epochs"]),
-                batch_size=int(config["batch-size"]),
-                lr=float(config["lr"]),
-                optimizer=str(config["optimizer"]),
-                momentum=float(config["momentum"]),
-                weight_decay=float(config["weight-decay"]),
-                seed=int(config["seed"]) * 100_003 + int(config["server-round"]),
-            )
+            cfg = miner_train_config(config)  # the same settings as our ClientApp
             result = train(model, make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg)
             metrics = {"train-loss": result.loss, "train-seconds": result.seconds}
             return _state_arrays(model), result.num_examples, metrics
