@@ -60,9 +60,9 @@ from aggregator.models import ModelSpec, build_model, num_parameters
 from fl_client.app import train_config as miner_train_config
 from fl_client.data import load_local_data, make_loader
 from fl_client.train import train
-from fl_server.data_prep import PartitionConfig, is_prepared, miner_dir, prepare, server_test_path
+from fl_server.data_prep import PartitionConfig, miner_dir, server_test_path
 from fl_server.evaluation import ServerEvaluator
-from fl_server.experiment import data_root, model_spec, partition_config, train_config
+from fl_server.experiment import ensure_partitions, model_spec, train_config
 from fl_server.results import PeakMemory, RoundRecord, Stopwatch, write_rounds, write_summary
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -251,13 +251,7 @@ def run_secaggplus(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
     console = Console(width=120)
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = data_root(cfg)
-    part = partition_config(cfg)
-    if not is_prepared(root, part):
-        if not cfg.auto_prepare:
-            raise FileNotFoundError(f"no partitions for {part.tag} under {root}; run scripts/prepare_data.py")
-        console.print(f"[setup] writing {part.num_miners} private partitions ({part.tag}) under {root}")
-        prepare(root, part)
+    root, part = ensure_partitions(cfg, console)
     if part.num_miners < 2:
         raise ValueError("SecAgg+ needs at least 2 miners")
     spec = model_spec(cfg)

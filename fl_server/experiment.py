@@ -60,6 +60,21 @@ def partition_config(cfg: DictConfig) -> PartitionConfig:
     )
 
 
+def ensure_partitions(cfg: DictConfig, console: Console) -> tuple[Path, PartitionConfig]:
+    """The data root and partitioning of ``cfg``; writes missing partitions when ``auto_prepare``."""
+    root = data_root(cfg)
+    part = partition_config(cfg)
+    if not is_prepared(root, part):
+        if not cfg.auto_prepare:
+            raise FileNotFoundError(
+                f"no partitions for {part.tag} under {root}. Fix: python scripts/prepare_data.py "
+                f"--dataset {part.dataset} --miners {part.num_miners} --partition {part.partition}"
+            )
+        console.print(f"setup: writing {part.num_miners} private partitions ({part.tag}) under {root}")
+        prepare(root, part)
+    return root, part
+
+
 def model_spec(cfg: DictConfig) -> ModelSpec:
     """The task's model; input shape and classes come from the data set unless set explicitly."""
     ds = get_spec(str(cfg.dataset.name))
@@ -182,16 +197,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
     warnings.filterwarnings("ignore", category=ResourceWarning)
     console = Console(width=160)
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = data_root(cfg)
-    part = partition_config(cfg)
-    if not is_prepared(root, part):
-        if not cfg.auto_prepare:
-            raise FileNotFoundError(
-                f"no partitions for {part.tag} under {root}. Fix: python scripts/prepare_data.py "
-                f"--dataset {part.dataset} --miners {part.num_miners} --partition {part.partition}"
-            )
-        console.print(f"[setup] writing {part.num_miners} private partitions ({part.tag}) under {root}")
-        prepare(root, part)
+    root, part = ensure_partitions(cfg, console)
     spec = model_spec(cfg)
     initial = build_model(spec, seed=int(cfg.seed))
     evaluator = ServerEvaluator(server_test_path(root, part.dataset), part.dataset, spec)
