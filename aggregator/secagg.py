@@ -80,6 +80,12 @@ class AggregatorKeys(KeyPair):
     """The aggregator's key pair ``(s_A, P_A)``; decryption needs only ``P_A``."""
 
 
+def masked_word_bits(bits: int) -> int:
+    """Word size of the masked backend: 32 when ``bits <= 16`` (sums of up to 2^15 miners fit in
+    int32), else 64."""
+    return 32 if _max_abs(bits) < (1 << 15) else 64
+
+
 def _backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise UnknownBackendError(f"unknown secagg backend {backend!r}; expected one of {BACKENDS}")
@@ -140,7 +146,7 @@ def encrypt(
     pt = _require(publisher_public, "publisher_public", backend)
     if backend == "masked":
         nddfe._check_indices(idx)
-        y = masked.encrypt(xs, task_id, round_, secret, pt, max_abs=bound)
+        y = masked.encrypt(xs, task_id, round_, secret, pt, max_abs=bound, word_bits=masked_word_bits(bits))
         return masked.ciphertext_to_bytes(y)
     pa = _require(aggregator_public, "aggregator_public", backend)
     return nddfe.encrypt(xs, idx, task_id, round_, secret, pt, pa, max_abs=bound).to_bytes()
@@ -153,8 +159,10 @@ def functional_key(
     task_id: int,
     round_: int,
     indices: np.ndarray,
+    bits: int = DEFAULT_BITS,
 ) -> bytes:
-    """The publisher's decryption key for the submitting set given by ``miner_publics``.
+    """The publisher's decryption key for the submitting set given by ``miner_publics`` (``bits``:
+    the round's quantization, which fixes the masked backend's word size).
 
     Returns wire bytes for ``decrypt_sum``. ``none`` returns a key-less header. Raises SecAggError on
     an empty or duplicated set or malformed keys.
@@ -166,7 +174,8 @@ def functional_key(
     secret = _require(publisher_secret, "publisher_secret", backend)
     nddfe._check_indices(idx)
     if backend == "masked":
-        return masked.key_to_bytes(masked.functional_key(secret, miner_publics, task_id, round_, idx.size))
+        words = masked_word_bits(bits)
+        return masked.key_to_bytes(masked.functional_key(secret, miner_publics, task_id, round_, idx.size, words))
     return nddfe.functional_key(secret, miner_publics, task_id, round_, idx).to_bytes()
 
 
@@ -190,8 +199,8 @@ def _key_k(backend: str, key: bytes) -> int:
     if not isinstance(key, bytes | bytearray | memoryview) or len(key) < _HEADER.size:
         raise MalformedKeyError("functional key must be bytes with a header")
     magic, k = _HEADER.unpack_from(bytes(key))
-    expected = {"none": PLAIN_KEY_MAGIC, "masked": masked.KEY_MAGIC, "nddfe": nddfe.KEY_MAGIC}[backend]
-    if magic != expected:
+    expected = {"none": (PLAIN_KEY_MAGIC,), "masked": (masked.KEY_MAGIC, masked.KEY_MAGIC_32), "nddfe": (nddfe.KEY_MAGIC,)}
+    if magic not in expected[backend]:
         raise MalformedKeyError(f"functional key magic {magic!r} does not belong to backend {backend!r}")
     return int(k)
 
@@ -242,13 +251,13 @@ def decrypt_sum(
     return nddfe.decrypt_sum(cts, fk, pt, pa, bound, max_table=max_table, workers=workers)
 
 
-def ciphertext_size(backend: Backend, k: int) -> int:
+def ciphertext_size(backend: Backend, k: int, bits: int = DEFAULT_BITS) -> int:
     """Exact wire size in bytes of one miner's ciphertext over ``k`` coordinates."""
     _backend(backend)
     if backend == "none":
         return _HEADER.size + 4 * k
     if backend == "masked":
-        return _HEADER.size + 8 * k
+        return _HEADER.size + masked_word_bits(bits) // 8 * k
     return nddfe.NddfeCiphertext.size_for(k)
 
 

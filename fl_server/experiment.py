@@ -154,7 +154,7 @@ def build_secure_round(
     else:
         registry = MinerRegistry.from_miner_folders(folders)
     credential = new_credential()
-    service = PublisherKeyService(backend, publisher, credential, registry.key_of)
+    service = PublisherKeyService(backend, publisher, credential, registry.key_of, int(cfg.secagg.bits))
     settings = SecureSettings(
         backend=backend,
         bits=int(cfg.secagg.bits),

@@ -38,6 +38,7 @@ class PublisherKeyService:
     keys: PublisherKeys = field(repr=False)
     credential: bytes = field(repr=False)
     miner_key: Callable[[str], bytes]  # registered secure-aggregation key of an address
+    bits: int = secagg.DEFAULT_BITS  # the task's quantization bits (fixes the masked word size)
     issued: dict[tuple[int, int], tuple[tuple[str, ...], bytes]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -63,7 +64,9 @@ class PublisherKeyService:
                     "refusing a second one"
                 )
             publics = [self.miner_key(a) for a in members]
-            key = secagg.functional_key(self.backend, self.keys.secret, publics, task_id, round_, indices)  # type: ignore[arg-type]
+            key = secagg.functional_key(
+                self.backend, self.keys.secret, publics, task_id, round_, indices, self.bits  # type: ignore[arg-type]
+            )
             self.issued[(task_id, round_)] = (members, digest)
             return key
 

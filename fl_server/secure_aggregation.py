@@ -143,7 +143,7 @@ class SecureRound:
             if indices.size > k_for_density(plan.d, plan.density):
                 raise ReplyRejected(f"node {node} sent {indices.size} coordinates, more than the round's density allows")
             shash = plan.support_hash
-        expected = secagg.ciphertext_size(plan.backend, int(indices.size))  # type: ignore[arg-type]
+        expected = secagg.ciphertext_size(plan.backend, int(indices.size), plan.bits)  # type: ignore[arg-type]
         if len(sub.ciphertext) != expected:
             raise ReplyRejected(f"node {node} ciphertext is {len(sub.ciphertext)} bytes, expected {expected}")
         try:
