@@ -20,6 +20,7 @@ ascending order (so supports are limited to models with fewer than 2^32 paramete
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -134,3 +135,46 @@ def support_hash(indices: np.ndarray) -> bytes:
     """``keccak256`` of the sorted indices encoded as uint32 little-endian bytes (32-byte digest)."""
     arr = validate_indices(indices)
     return keccak(arr.astype("<u4").tobytes())
+
+
+def layer_budgets(k: int, sizes: Sequence[int]) -> list[int]:
+    """Split ``k`` coordinates among layers of ``sizes`` in proportion to sqrt(size) (at least 1 per
+    layer, at most its size), so small layers (convolutions, biases) are not starved by one huge
+    dense layer. The budgets sum to ``min(k, sum(sizes))``."""
+    sizes = [int(s) for s in sizes]
+    if not sizes or any(s < 1 for s in sizes):
+        raise SupportError("layer sizes must be positive")
+    total = min(int(k), sum(sizes))
+    weights = np.sqrt(np.asarray(sizes, dtype=np.float64))
+    budgets = np.minimum(np.maximum(1, np.floor(total * weights / weights.sum())), sizes).astype(np.int64)
+    # hand out what rounding and caps left over (or take back an excess), largest layers first
+    order = np.argsort(-np.asarray(sizes), kind="stable")
+    while budgets.sum() != total:
+        step = 1 if budgets.sum() < total else -1
+        for i in order:
+            if budgets.sum() == total:
+                break
+            if (step > 0 and budgets[i] < sizes[i]) or (step < 0 and budgets[i] > 1):
+                budgets[i] += step
+    return budgets.tolist()
+
+
+def select_support_layered(
+    prev_aggregate: np.ndarray | None,
+    k: int,
+    seed: bytes,
+    sizes: Sequence[int],
+    explore_fraction: float = DEFAULT_EXPLORE_FRACTION,
+) -> np.ndarray:
+    """:func:`select_support` per layer with :func:`layer_budgets`; ``sizes`` are the layers' lengths
+    in the flattened order. Each layer's exploration uses ``seed`` extended by its offset."""
+    d = int(sum(sizes))
+    if prev_aggregate is not None and np.asarray(prev_aggregate).size != d:
+        raise SupportError(f"aggregate has {np.asarray(prev_aggregate).size} values, layers sum to {d}")
+    parts, offset = [], 0
+    for size, budget in zip(sizes, layer_budgets(k, sizes), strict=True):
+        prev = None if prev_aggregate is None else np.asarray(prev_aggregate).ravel()[offset : offset + size]
+        local = select_support(prev, int(budget), seed + offset.to_bytes(8, "big"), int(size), explore_fraction)
+        parts.append(local + offset)
+        offset += size
+    return np.sort(np.concatenate(parts)).astype(np.int64)

@@ -123,6 +123,12 @@ def dgc_config(cfg: DictConfig) -> DGCConfig:
     )
 
 
+def layer_sizes(model: torch.nn.Module) -> tuple[int, ...]:
+    """Lengths of the model's tensors in the flattened order (sorted state-dict keys)."""
+    state = model.state_dict()
+    return tuple(state[k].numel() for k in sorted(state))
+
+
 def build_secure_round(
     cfg: DictConfig, part: PartitionConfig, root: Path, initial: torch.nn.Module
 ) -> tuple[SecureRound, ChainSession | None]:
@@ -164,6 +170,7 @@ def build_secure_round(
         task_id=task_id,
         domain=domain,
         train_on_support=bool(cfg.dgc.train_on_support),
+        layer_sizes=layer_sizes(initial) if str(cfg.dgc.allocation) == "layer" else None,
     )
     secure = SecureRound(
         settings, num_parameters(initial), registry, service, credential, publisher.public, aggregator_keys.public

@@ -20,7 +20,7 @@ from aggregator import eip712, quantize, secagg
 from aggregator.dgc import DGCConfig, k_for_density
 from aggregator.eip712 import Domain, SignatureError
 from aggregator.protocol import ProtocolError, RoundPlan, SignedSubmission, indices_from_bytes
-from aggregator.support import select_support
+from aggregator.support import select_support, select_support_layered
 from fl_server.registry import MinerRegistry, RegistryError
 
 log = logging.getLogger("modelmine.secure")
@@ -50,6 +50,7 @@ class SecureSettings:
     task_id: int
     domain: Domain
     train_on_support: bool = True
+    layer_sizes: tuple[int, ...] | None = None  # set: S_t is budgeted per layer (sqrt of its size)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,10 @@ class SecureRound:
         support = None
         if s.dgc.support == "shared":
             k = k_for_density(self.d, density)
-            support = select_support(self.prev_aggregate, k, public_seed, self.d, s.explore_fraction)
+            if s.layer_sizes:
+                support = select_support_layered(self.prev_aggregate, k, public_seed, s.layer_sizes, s.explore_fraction)
+            else:
+                support = select_support(self.prev_aggregate, k, public_seed, self.d, s.explore_fraction)
         return RoundPlan(
             task_id=s.task_id,
             round=task_round,

@@ -91,3 +91,26 @@ def test_bad_selection_inputs() -> None:
         select_support(np.ones(5), 2, b"s", d=6)
     with pytest.raises(SupportError):
         validate_indices(np.array([0, 5]), d=5)
+
+
+def test_layer_budgets_favour_small_layers_and_sum_to_k():
+    from aggregator.support import layer_budgets
+
+    sizes = [400, 16, 12800, 32, 200704, 128, 1280, 10]
+    budgets = layer_budgets(2154, sizes)
+    assert sum(budgets) == 2154 and all(1 <= b <= s for b, s in zip(budgets, sizes, strict=True))
+    assert budgets[2] / sizes[2] > budgets[4] / sizes[4]  # conv2 gets a larger share than fc1
+    assert layer_budgets(10**9, sizes) == sizes  # capped at each layer's size
+
+
+def test_layered_support_is_deterministic_and_within_layers():
+    from aggregator.support import select_support_layered
+
+    sizes = [50, 5, 500]
+    prev = np.random.default_rng(0).normal(size=555)
+    a = select_support_layered(prev, 60, b"seed", sizes, 0.5)
+    b = select_support_layered(prev, 60, b"seed", sizes, 0.5)
+    assert np.array_equal(a, b) and a.size == 60 and len(np.unique(a)) == 60
+    assert ((a >= 50) & (a < 55)).sum() >= 1  # the tiny layer is never starved
+    with pytest.raises(SupportError):
+        select_support_layered(prev[:-1], 60, b"seed", sizes)
