@@ -73,7 +73,7 @@ def test_a_miner_sending_nan_is_rejected_and_the_round_goes_on(tmp_path):
 def test_multirun_writes_one_table_across_runs(tmp_path):
     cmd = [
         sys.executable, "-m", "fl_server", "--multirun", "dataset=digits", "model=mlp", "num_miners=2", "rounds=1",
-        "secagg=none", "chain=none",
+        "secagg=none", "dgc.enabled=false", "chain=none",
         "dataset.partition=iid,dirichlet", f"data_root={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
