@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import time
 import warnings
 from collections import OrderedDict, defaultdict
@@ -63,7 +62,7 @@ from fl_client.train import train
 from fl_server.data_prep import PartitionConfig, miner_dir, server_test_path
 from fl_server.evaluation import ServerEvaluator
 from fl_server.experiment import ensure_partitions, model_spec, train_config
-from fl_server.results import PeakMemory, RoundRecord, Stopwatch, write_rounds, write_summary
+from fl_server.results import PeakMemory, RoundRecord, Stopwatch, run_summary, write_rounds, write_summary
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -372,21 +371,18 @@ def run_secaggplus(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             f"SecAgg+ simulation ended after {len(records)} of {cfg.rounds} rounds; see the log above"
         )
     write_rounds(out_dir, records)
-    summary = {
-        "final_accuracy": records[-1].accuracy,
-        "best_accuracy": max(r.accuracy for r in records),
-        "initial_accuracy": first_acc,
-        "initial_loss": first_loss,
-        "final_loss": records[-1].loss,
-        "rounds": len(records),
-        "wall_seconds": round(wall, 2),
-        "mean_round_seconds": round(statistics.fmean(r.round_seconds for r in records), 3),
-        "peak_rss_mb": round(memory.peak_tree_mb, 1),
-        "peak_server_rss_mb": round(memory.peak_self_mb, 1),
-        "num_miners": part.num_miners,
-        "dataset": part.dataset,
-        "partition": part.tag,
-        "model": spec.name,
+    summary = run_summary(
+        records,
+        first_acc,
+        wall,
+        memory,
+        initial_loss=first_loss,
+        num_miners=part.num_miners,
+        dataset=part.dataset,
+        partition=part.tag,
+        model=spec.name,
+    )
+    summary |= {
         "parameters": num_parameters(initial),
         "secaggplus": {
             "num_shares": num_shares,

@@ -33,7 +33,15 @@ from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, miner_d
 from fl_server.evaluation import ServerEvaluator
 from fl_server.key_service import PublisherKeyService, new_credential
 from fl_server.registry import MinerRegistry
-from fl_server.results import PeakMemory, RoundRecord, Stopwatch, plot_rounds, write_rounds, write_summary
+from fl_server.results import (
+    PeakMemory,
+    RoundRecord,
+    Stopwatch,
+    plot_rounds,
+    run_summary,
+    write_rounds,
+    write_summary,
+)
 from fl_server.secure_aggregation import SecureRound, SecureSettings
 from fl_server.selection import RandomSelector
 from fl_server.strategy import ModelMineStrategy, ServerOptimizer
@@ -274,20 +282,17 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         raise RuntimeError(f"simulation ended after {len(records)} of {cfg.rounds} rounds; see the log above")
     write_rounds(out_dir, records)
     plot_rounds(out_dir, records, (float(first["loss"]), float(first["accuracy"])), f"{part.dataset} {part.tag}")
-    summary = {
-        "final_accuracy": records[-1].accuracy,
-        "best_accuracy": max(r.accuracy for r in records),
-        "initial_accuracy": float(first["accuracy"]),
-        "final_loss": records[-1].loss,
-        "rounds": len(records),
-        "wall_seconds": round(wall, 2),
-        "mean_round_seconds": round(sum(r.round_seconds for r in records) / len(records), 3),
-        "peak_rss_mb": round(memory.peak_tree_mb, 1),
-        "peak_server_rss_mb": round(memory.peak_self_mb, 1),
-        "num_miners": part.num_miners,
-        "dataset": part.dataset,
-        "partition": part.tag,
-        "model": spec.name,
+    summary = run_summary(
+        records,
+        float(first["accuracy"]),
+        wall,
+        memory,
+        num_miners=part.num_miners,
+        dataset=part.dataset,
+        partition=part.tag,
+        model=spec.name,
+    )
+    summary |= {
         "secagg": str(cfg.secagg.backend),
         "dgc": bool(cfg.dgc.enabled),
         "mean_upload_bytes_per_miner": sum(r.upload_bytes_per_miner for r in records) / len(records),

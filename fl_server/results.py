@@ -125,3 +125,22 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def run_summary(
+    records: list[RoundRecord], initial_accuracy: float, wall: float, memory: PeakMemory, **identity: Any
+) -> dict[str, Any]:
+    """The summary.json fields every runner shares (DESIGN section 9), plus ``identity`` fields
+    (data set, partition, model, ...) as given."""
+    return {
+        "final_accuracy": records[-1].accuracy,
+        "best_accuracy": max(r.accuracy for r in records),
+        "initial_accuracy": initial_accuracy,
+        "final_loss": records[-1].loss,
+        "rounds": len(records),
+        "wall_seconds": round(wall, 2),
+        "mean_round_seconds": round(sum(r.round_seconds for r in records) / len(records), 3),
+        "peak_rss_mb": round(memory.peak_tree_mb, 1),
+        "peak_server_rss_mb": round(memory.peak_self_mb, 1),
+        **identity,
+    }

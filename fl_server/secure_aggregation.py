@@ -138,7 +138,6 @@ class SecureRound:
             raise ReplyRejected(f"replay: {sub.address} already submitted for round {plan.round}")
         if plan.support is not None:
             indices = plan.support
-            shash = plan.support_hash
         else:
             try:
                 indices = indices_from_bytes(sub.indices, plan.d)
@@ -146,12 +145,11 @@ class SecureRound:
                 raise ReplyRejected(f"node {node}: bad indices: {exc}") from exc
             if indices.size > k_for_density(plan.d, plan.density):
                 raise ReplyRejected(f"node {node} sent {indices.size} coordinates, more than the round's density allows")
-            shash = plan.support_hash
         expected = secagg.ciphertext_size(plan.backend, int(indices.size), plan.bits)  # type: ignore[arg-type]
         if len(sub.ciphertext) != expected:
             raise ReplyRejected(f"node {node} ciphertext is {len(sub.ciphertext)} bytes, expected {expected}")
         try:
-            eip712.verify(plan.domain, sub.message(shash), sub.signature, sub.address)
+            eip712.verify(plan.domain, sub.message(plan.support_hash), sub.signature, sub.address)
             self.registry.bind(node, sub.address)
         except (SignatureError, RegistryError) as exc:
             raise ReplyRejected(f"node {node}: {exc}") from exc
