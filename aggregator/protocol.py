@@ -56,7 +56,13 @@ class RoundPlan:
     aggregator_public: bytes
     domain: Domain
     train_on_support: bool = True  # shared mode: miners train only the coordinates in S_t
-    epoch: int = 0  # monotonic attempt counter: keys the masks, so a retried round never reuses one
+    epoch: int = 0  # the attempt: the contract's per-task attempt counter (RoundState.epoch); keys the masks
+    task_spec: str = ""  # canonical JSON of aggregator.task_spec.TaskSpec; miners pin every parameter to it
+
+    @property
+    def attempt(self) -> int:
+        """The attempt (epoch) of this round: unique per task, increases with every (re)try."""
+        return self.epoch
 
     @property
     def task_key(self) -> str:
@@ -105,6 +111,7 @@ class RoundPlan:
             "mm-verifying-contract": self.domain.verifying_contract,
             "mm-train-on-support": bool(self.train_on_support),
             "mm-epoch": self.epoch,
+            "mm-task-spec": self.task_spec,
         }
 
     @classmethod
@@ -139,6 +146,7 @@ class RoundPlan:
                 domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
                 train_on_support=bool(config["mm-train-on-support"]),
                 epoch=int(config["mm-epoch"]),
+                task_spec=str(config["mm-task-spec"]) if "mm-task-spec" in config else "",
             )
         except KeyError as exc:
             raise ProtocolError(f"round plan lacks field {exc}") from exc
