@@ -64,6 +64,26 @@ class TaskSpec:
     dataset: str = ""
     rounds: int = 0
     version: int = SPEC_VERSION
+    # -- what the publisher posts (scripts/publish_task.py); defaults keep older specs parseable --
+    architecture: str = ""  # aggregator.models architecture name
+    model_kwargs: str = "{}"  # its constructor kwargs as canonical JSON (an object)
+    min_samples: int = 0  # least training samples a miner must hold
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    explore_fraction: float = 0.5
+    deadline: int = 0  # unix seconds (also on chain)
+    round_window_s: int = 0
+    reward_wei: int = 0  # escrowed at publish
+    fee_bps: int = 0  # the contract's network fee when published
+    aggregator_share_bps: int = 0
+    quorum_bps: int = 0
+    aggregator: str = ""  # the aggregator's Ethereum address
+    target_commitment: bytes = b""  # keccak256(abi.encode(target_bps, nonce)); the target stays hidden
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.version != SPEC_VERSION:
@@ -91,6 +111,33 @@ class TaskSpec:
                 raise TaskSpecError(f"{name} must be a 33-byte compressed point")
         if not (self.verifying_contract.startswith("0x") and len(self.verifying_contract) == 42):
             raise TaskSpecError("verifying_contract must be a 0x-prefixed 20-byte address")
+        self._check_publish_fields()
+
+    def _check_publish_fields(self) -> None:
+        """Range checks of the publisher's fields (each error names the field)."""
+        try:
+            kwargs = json.loads(self.model_kwargs)
+        except ValueError as exc:
+            raise TaskSpecError(f"model_kwargs must be a JSON object: {exc}") from exc
+        if not isinstance(kwargs, dict):
+            raise TaskSpecError("model_kwargs must be a JSON object")
+        if self.min_samples < 0 or self.epochs < 1 or self.batch_size < 1:
+            raise TaskSpecError("min_samples must be >= 0, epochs and batch_size >= 1")
+        for name in ("lr", "momentum", "weight_decay", "explore_fraction"):
+            value = getattr(self, name)
+            if not (isinstance(value, float) and math.isfinite(value) and value >= 0):
+                raise TaskSpecError(f"{name} must be a finite float >= 0, got {value!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise TaskSpecError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        for name in ("fee_bps", "aggregator_share_bps", "quorum_bps"):
+            if not 0 <= getattr(self, name) <= 10_000:
+                raise TaskSpecError(f"{name} must be in [0, 10000], got {getattr(self, name)}")
+        if self.deadline < 0 or self.round_window_s < 0 or self.reward_wei < 0 or self.seed < 0:
+            raise TaskSpecError("deadline, round_window_s, reward_wei and seed must be >= 0")
+        if self.aggregator and not (self.aggregator.startswith("0x") and len(self.aggregator) == 42):
+            raise TaskSpecError("aggregator must be a 0x-prefixed 20-byte address")
+        if len(self.target_commitment) not in (0, 32) or len(self.model_hash) not in (0, 32):
+            raise TaskSpecError("target_commitment and model_hash must be 32 bytes (or empty)")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
