@@ -1,22 +1,25 @@
 """Additive-mask secure aggregation modulo 2^w, w = 64 or 32 (DESIGN.md section 4, ``secagg=masked``).
 
 Same key schedule as NDD-FE: ``DH_i = s_i*P_T = s_T*P_i`` (33-byte compressed point). The miner's
-mask over the support is the AES-256-CTR keystream (nonce/initial counter block = 16 zero bytes)
-under ``key_i = SHA-256(DH_i || taskId || round)`` (taskId 32-byte big-endian, round 8-byte
-big-endian), read as ``k`` little-endian uint64 words: word ``p`` masks the ``p``-th index of the
-sorted support. A fresh key per (miner, task, round) makes every word a fresh mask.
+key for an epoch is ``key_i = SHA-256("masked/k" || DH_i || taskId || epoch || supportHash)``
+(taskId 32-byte big-endian, epoch 8-byte big-endian, supportHash = keccak256 of the sorted support
+as uint32 LE, see ``aggregator.support.support_hash``). The mask of the **global** coordinate ``j``
+is the first ``w/8`` bytes (little-endian) of the AES-256 block ``AES_{key_i}(j)``, ``j`` as a
+16-byte big-endian counter block, i.e. block ``j`` of the AES-CTR keystream under ``key_i``. A mask
+is therefore bound to (miner, task, epoch, support, coordinate): two plans of one epoch with
+different supports share no mask, and the same coordinate never gets the mask of another one.
 
-- encrypt: ``y = uint64(x) + mask mod 2^64`` (``x`` int64 as two's complement);
-- key service (publisher): ``K = sum_{i in I} mask_i mod 2^64``;
-- decrypt: ``sum_i y_i - K mod 2^64`` reinterpreted as int64; a result outside ``[-bound, bound]``
+- encrypt: ``y = uint(x) + mask mod 2^w`` (``x`` as two's complement);
+- key service (publisher): ``K = sum_{i in I} mask_i mod 2^w``;
+- decrypt: ``sum_i y_i - K mod 2^w`` reinterpreted as signed; a result outside ``[-bound, bound]``
   raises DecryptionRangeError (a wrong key or set is detected with overwhelming probability).
 
 Byte formats: ciphertext ``b"MMM1" | k:uint32 LE | k * uint64 LE``; key ``b"MMQ1" | k:uint32 LE |
-k * uint64 LE``. With 32-bit words (``word_bits=32``, the keystream read as uint32 words; used by
-``secagg`` whenever ``bits <= 16``, where any sum of up to 2^15 miners stays below 2^31) the magics
-are ``b"MMM2"`` / ``b"MMQ2"`` and the words uint32: half the bytes, the same one-time-pad security
-(masks uniform modulo 2^32), and a wrong key still lands outside the range on every coordinate but
-with probability ``2*bound/2^32`` each. Pure numpy, no I/O.
+k * uint64 LE``. With 32-bit words (``word_bits=32``; used by ``secagg`` whenever ``bits <= 16``,
+where any sum of up to 2^15 miners stays below 2^31) the magics are ``b"MMM2"`` / ``b"MMQ2"`` and
+the words uint32: half the bytes, the same one-time-pad security (masks uniform modulo 2^32), and a
+wrong key still lands outside the range on every coordinate but with probability ``2*bound/2^32``
+each. Pure numpy, no I/O.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from aggregator.bsgs import DecryptionRangeError
-from aggregator.nddfe import NddfeError, _check_uint, dh_point
+from aggregator.nddfe import NddfeError, _check_indices, _check_uint, dh_point
+from aggregator.support import support_hash
 
 CIPHERTEXT_MAGIC = b"MMM1"
 KEY_MAGIC = b"MMQ1"
@@ -63,21 +67,26 @@ class MaskedError(NddfeError):
     """Malformed input to the masked backend (bad bytes, sizes, dtypes, ranges)."""
 
 
-def mask_vector(dh: bytes, task_id: int, round_: int, k: int, word_bits: int = 64) -> np.ndarray:
-    """The miner's ``k`` masks (uint64, or uint32 with ``word_bits=32``) for (task, round) from ``DH_i``."""
+def mask_vector(dh: bytes, task_id: int, round_: int, indices: np.ndarray, word_bits: int = 64) -> np.ndarray:
+    """The miner's masks (uint64, or uint32 with ``word_bits=32``) for (task, epoch ``round_``), one
+    per global coordinate in ``indices`` (the whole sorted support: its hash keys the masks)."""
     if not isinstance(dh, bytes | bytearray) or len(dh) != 33:
         raise MaskedError("DH point must be 33 bytes")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise MaskedError(f"k must be a non-negative int, got {k!r}")
+    idx = _check_indices(indices)
     key = hashlib.sha256(
-        bytes(dh)
+        b"masked/k"
+        + bytes(dh)
         + _check_uint("task_id", task_id, 256).to_bytes(32, "big")
         + _check_uint("round", round_, 64).to_bytes(8, "big")
+        + support_hash(idx)
     ).digest()
     unsigned, _, wire = _word(word_bits)
-    enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    stream = enc.update(bytes(word_bits // 8 * k)) + enc.finalize()
-    return np.frombuffer(stream, dtype=wire).astype(unsigned)
+    blocks = np.zeros((idx.size, 16), dtype=np.uint8)
+    blocks[:, 8:] = idx.astype(">u8").view(np.uint8).reshape(-1, 8)  # j as a 16-byte big-endian block
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # ECB on counter blocks = CTR keystream
+    stream = np.frombuffer(enc.update(blocks.tobytes()) + enc.finalize(), dtype=np.uint8).reshape(-1, 16)
+    width = word_bits // 8
+    return np.ascontiguousarray(stream[:, :width]).view(wire).reshape(-1).astype(unsigned)
 
 
 def _pack(magic: bytes, words: np.ndarray) -> bytes:
@@ -125,6 +134,7 @@ def key_from_bytes(data: bytes, expected_k: int | None = None) -> np.ndarray:
 
 def encrypt(
     x: np.ndarray,
+    indices: np.ndarray,
     task_id: int,
     round_: int,
     miner_secret: bytes,
@@ -132,31 +142,40 @@ def encrypt(
     max_abs: int = (1 << 14) - 1,
     word_bits: int = 64,
 ) -> np.ndarray:
-    """Mask the quantized int vector ``x`` (one entry per support index, in order) -> uint64 words
-    (uint32 with ``word_bits=32``)."""
+    """Mask the quantized int vector ``x`` (``x[p]`` belongs to global coordinate ``indices[p]``)
+    -> uint64 words (uint32 with ``word_bits=32``)."""
     xs = np.asarray(x)
     if xs.ndim != 1 or (xs.size and xs.dtype.kind not in "iu"):
         raise MaskedError("x must be a 1-D integer vector")
+    if np.asarray(indices).shape != xs.shape:
+        raise MaskedError(f"x has shape {xs.shape}, indices {np.asarray(indices).shape}")
     xs = xs.astype(np.int64)
     if xs.size and int(np.max(np.abs(xs))) > max_abs:
         raise MaskedError(f"|x| exceeds max_abs={max_abs}")
     unsigned, signed, _ = _word(word_bits)
-    mask = mask_vector(dh_point(miner_secret, publisher_public), task_id, round_, xs.size, word_bits)
+    mask = mask_vector(dh_point(miner_secret, publisher_public), task_id, round_, indices, word_bits)
     return xs.astype(signed).view(unsigned) + mask  # unsigned numpy arithmetic wraps modulo 2^w
 
 
 def functional_key(
-    publisher_secret: bytes, miner_publics: Sequence[bytes], task_id: int, round_: int, k: int, word_bits: int = 64
+    publisher_secret: bytes,
+    miner_publics: Sequence[bytes],
+    task_id: int,
+    round_: int,
+    indices: np.ndarray,
+    word_bits: int = 64,
 ) -> np.ndarray:
-    """``sum_{i in I} mask_i mod 2^w`` for the submitting set ``I``; raises on empty/duplicate sets."""
+    """``sum_{i in I} mask_i mod 2^w`` over the support ``indices`` for the submitting set ``I``;
+    raises on empty/duplicate sets."""
     pubs = [bytes(p) for p in miner_publics]
     if not pubs:
         raise MaskedError("the submitting set is empty")
     if len(set(pubs)) != len(pubs):
         raise MaskedError("duplicate miner public key in the submitting set")
-    total = np.zeros(k, dtype=_word(word_bits)[0])
+    idx = _check_indices(indices)
+    total = np.zeros(idx.size, dtype=_word(word_bits)[0])
     for pub in pubs:
-        total += mask_vector(dh_point(publisher_secret, pub), task_id, round_, k, word_bits)
+        total += mask_vector(dh_point(publisher_secret, pub), task_id, round_, idx, word_bits)
     return total
 
 

@@ -4,9 +4,11 @@ Keys: task publisher ``(s_T, P_T)``, aggregator ``(s_A, P_A)``, miner ``i`` ``(s
 32-byte big-endian scalars in ``[1, n-1]``, publics 33-byte compressed points.
 
 - ``DH_i = s_i*P_T = s_T*P_i`` (33-byte compressed encoding).
-- mask ``r_ij = SHA-256(b"nddfe/r" || DH_i || taskId || round || j) mod n`` with taskId as 32-byte
-  big-endian uint256, round as 8-byte big-endian uint64, and ``j`` the *global* coordinate index
-  (an element of the support ``S_t``) as 8-byte big-endian uint64. Fresh per coordinate and round.
+- mask ``r_ij = SHA-256(b"nddfe/r" || DH_i || taskId || epoch || supportHash || j) mod n`` with
+  taskId as 32-byte big-endian uint256, epoch (the ``round_`` argument: the round's attempt) as
+  8-byte big-endian uint64, supportHash = keccak256 of the whole sorted support as uint32 LE
+  (``aggregator.support.support_hash``) and ``j`` the *global* coordinate index (an element of the
+  support ``S_t``) as 8-byte big-endian uint64. Fresh per coordinate, epoch and support.
 - encrypt ``U_ij = r_ij*P_T + x_ij*P_A`` for ``j`` in ``S_t`` (``x_ij*P_A`` from a cached table of
   small multiples; ``x_ij = 0`` adds nothing).
 - functional key for the submitting set ``I``: ``sk_j = sum_{i in I} r_ij mod n`` (publisher, from
@@ -50,6 +52,7 @@ from aggregator.bsgs import (
     small_multiples,
     solve,
 )
+from aggregator.support import support_hash
 
 __all__ = [
     "CURVE_ORDER",
@@ -156,11 +159,12 @@ def dh_point(secret: bytes, public: bytes) -> bytes:
     return serialize_point(multiply(_parse_public(public, "public key"), s))
 
 
-def _mask_prefix(dh: bytes, task_id: int, round_: int) -> hashlib._Hash:  # type: ignore[name-defined]
+def _mask_prefix(dh: bytes, task_id: int, round_: int, indices: np.ndarray) -> hashlib._Hash:  # type: ignore[name-defined]
     h = hashlib.sha256(MASK_LABEL)
     h.update(dh)
     h.update(_check_uint("task_id", task_id, 256).to_bytes(32, "big"))
     h.update(_check_uint("round", round_, 64).to_bytes(8, "big"))
+    h.update(support_hash(indices))
     return h
 
 
@@ -176,9 +180,11 @@ def _mask_bytes(prefix: hashlib._Hash, j: int) -> bytes:  # type: ignore[name-de
 
 
 def mask_scalars(dh: bytes, task_id: int, round_: int, indices: np.ndarray) -> list[int]:
-    """The masks ``r_ij`` (ints in [1, n-1]) of one miner for every ``j`` in ``indices``."""
-    prefix = _mask_prefix(dh, task_id, round_)
-    return [int.from_bytes(_mask_bytes(prefix, j), "big") for j in _check_indices(indices).tolist()]
+    """The masks ``r_ij`` (ints in [1, n-1]) of one miner for every ``j`` in ``indices`` (the whole
+    sorted support: its hash is part of every mask)."""
+    idx = _check_indices(indices)
+    prefix = _mask_prefix(dh, task_id, round_, idx)
+    return [int.from_bytes(_mask_bytes(prefix, j), "big") for j in idx.tolist()]
 
 
 @dataclass(frozen=True)
@@ -269,7 +275,7 @@ def encrypt(
     pt = _parse_public(publisher_public, "publisher public key")
     _parse_public(aggregator_public, "aggregator public key")
     dh = dh_point(miner_secret, publisher_public)
-    prefix = _mask_prefix(dh, task_id, round_)
+    prefix = _mask_prefix(dh, task_id, round_, idx)
     _, xptrs = small_multiples(bytes(aggregator_public), max_abs)
 
     k = idx.size
@@ -349,10 +355,11 @@ def functional_key(
         raise NddfeError("the submitting set is empty")
     if len(set(pubs)) != len(pubs):
         raise NddfeError("duplicate miner public key in the submitting set")
-    idx = _check_indices(indices).tolist()
+    idx_arr = _check_indices(indices)
+    idx = idx_arr.tolist()
     total = [0] * len(idx)
     for pub in pubs:
-        prefix = _mask_prefix(dh_point(publisher_secret, pub), task_id, round_)
+        prefix = _mask_prefix(dh_point(publisher_secret, pub), task_id, round_, idx_arr)
         for p, j in enumerate(idx):
             total[p] += int.from_bytes(_mask_bytes(prefix, j), "big")
     return FunctionalKey(scalars=tuple(t % CURVE_ORDER for t in total))

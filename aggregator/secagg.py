@@ -146,7 +146,7 @@ def encrypt(
     pt = _require(publisher_public, "publisher_public", backend)
     if backend == "masked":
         nddfe._check_indices(idx)
-        y = masked.encrypt(xs, task_id, round_, secret, pt, max_abs=bound, word_bits=masked_word_bits(bits))
+        y = masked.encrypt(xs, idx, task_id, round_, secret, pt, max_abs=bound, word_bits=masked_word_bits(bits))
         return masked.ciphertext_to_bytes(y)
     pa = _require(aggregator_public, "aggregator_public", backend)
     return nddfe.encrypt(xs, idx, task_id, round_, secret, pt, pa, max_abs=bound).to_bytes()
@@ -175,7 +175,7 @@ def functional_key(
     nddfe._check_indices(idx)
     if backend == "masked":
         words = masked_word_bits(bits)
-        return masked.key_to_bytes(masked.functional_key(secret, miner_publics, task_id, round_, idx.size, words))
+        return masked.key_to_bytes(masked.functional_key(secret, miner_publics, task_id, round_, idx, words))
     return nddfe.functional_key(secret, miner_publics, task_id, round_, idx).to_bytes()
 
 

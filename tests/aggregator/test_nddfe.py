@@ -266,3 +266,11 @@ def test_process_pool_decrypt_matches_serial(publisher, aggregator_keys, miners)
     assert got.tolist() == (xs[0] + xs[1]).tolist()
     with pytest.raises(NddfeError, match="workers"):
         nddfe.decrypt_sum(cts, key, publisher.public, aggregator_keys.public, 2000, workers=0)
+
+
+def test_masks_are_bound_to_the_support(publisher, miners) -> None:
+    """Two plans of one epoch with different supports share no NDD-FE mask (defect 4)."""
+    dh = nddfe.dh_point(publisher.secret, miners[0].public)
+    a = nddfe.mask_scalars(dh, TASK, ROUND, np.array([1, 2, 3]))
+    b = nddfe.mask_scalars(dh, TASK, ROUND, np.array([2, 3, 4]))
+    assert set(a).isdisjoint(b)
