@@ -4,7 +4,8 @@ Contract of the messages (keys of the ``config`` ConfigRecord sent by fl_server.
 - ``dataset``, ``partition-tag``, ``data-root``: where this miner's partition lives (simulation);
   in deployment the node config's ``data-dir`` names the folder directly.
 - ``model-spec``: JSON ``{"name", "kwargs"}`` (aggregator.models.ModelSpec).
-- ``epochs``, ``batch-size``, ``lr``, ``optimizer``, ``momentum``, ``weight-decay``, ``seed``, ``server-round``.
+- ``epochs``, ``batch-size``, ``lr``, ``optimizer``, ``momentum``, ``weight-decay``, ``seed``, ``server-round``;
+  optional ``max-steps`` (local work cap set per miner by adaptive selection; replies report ``train-steps``).
 With the ``mm-*`` keys of aggregator.protocol.RoundPlan the round is secure: the reply holds a
 ``submission`` ConfigRecord (ciphertext, commitment, EIP-712 signature) instead of weights.
 Otherwise replies hold ``arrays`` (trained weights) and ``metrics`` with ``num-examples``, ``train-loss``,
@@ -34,7 +35,14 @@ from aggregator.models import (
 from aggregator.protocol import RoundPlan, VoteRequest
 from fl_client.data import LocalData, load_local_data, make_loader
 from fl_client.identity import load_identity
-from fl_client.secure_update import MinerState, build_submission, cast_vote
+from fl_client.secure_update import (
+    MinerState,
+    build_submission,
+    cast_vote,
+    node_binding,
+    pinned_plan,
+    trusted_task_hashes,
+)
 from fl_client.train import TrainConfig, evaluate, train
 
 app = ClientApp()
@@ -79,16 +87,28 @@ def train_config(config: ConfigRecord) -> TrainConfig:
         momentum=float(config["momentum"]),
         weight_decay=float(config["weight-decay"]),
         seed=int(config["seed"]) * 100_003 + int(config["server-round"]),
+        max_steps=int(config.get("max-steps", 0)),  # the server's local work cap for this miner (0 = none)
     )
+
+
+def checked_plan(config: ConfigRecord, context: Context) -> RoundPlan:
+    """The round plan, pinned to the task spec this miner trusts (every crypto parameter equal to the
+    spec's) and for an epoch above the last one it encrypted for; raises ProtocolError naming why."""
+    plan = RoundPlan.from_config(config)
+    folder = data_folder(config, context)
+    pinned_plan(plan, trusted_task_hashes(folder, context.node_config))
+    MinerState(folder, plan.task_key).check_epoch(plan)
+    return plan
 
 
 def secure_reply(msg: Message, context: Context, model: torch.nn.Module, global_flat: np.ndarray) -> RecordDict:
     """DGC + quantize + commit + encrypt + sign the update; the reply holds no plaintext weights."""
     config = msg.content["config"]
-    plan = RoundPlan.from_config(config)
+    plan = checked_plan(config, context)
     folder = data_folder(config, context)
     identity = load_identity(folder)
     store = MinerState(folder, plan.task_key)
+    store.claim_epoch(plan)  # durable before any ciphertext of this epoch exists
     state = store.load_dgc(plan)
     delta = flatten_state(model.state_dict()) - global_flat
     t0 = time.perf_counter()
@@ -101,7 +121,13 @@ def secure_reply(msg: Message, context: Context, model: torch.nn.Module, global_
         "dense-bytes": result.dense_bytes,
         "protect-seconds": time.perf_counter() - t0,
     }
-    return RecordDict({"submission": ConfigRecord(result.submission.to_config()), "metrics": MetricRecord(metrics)})
+    return RecordDict(
+        {
+            "submission": ConfigRecord(result.submission.to_config()),
+            "binding": ConfigRecord(node_binding(identity, plan, context.node_id)),  # type: ignore[arg-type]
+            "metrics": MetricRecord(metrics),
+        }
+    )
 
 
 @app.train()
@@ -114,7 +140,7 @@ def train_handler(msg: Message, context: Context) -> Message:
     cfg = train_config(config)
     masks = None
     if "mm-version" in config:
-        mask = RoundPlan.from_config(config).grad_mask()
+        mask = checked_plan(config, context).grad_mask()
         if mask is not None:
             masks = unflatten_like(mask, model.state_dict())
     result = train(model, make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg, grad_masks=masks)
@@ -123,6 +149,7 @@ def train_handler(msg: Message, context: Context) -> Message:
         "train-loss": result.loss,
         "train-accuracy": result.accuracy,
         "train-seconds": result.seconds,
+        "train-steps": result.steps,
     }
     if "mm-version" in config:
         content = secure_reply(msg, context, model, global_flat)

@@ -24,6 +24,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (server's local work cap); 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class TrainResult:
     loss: float  # mean training loss over the last epoch
     accuracy: float  # training accuracy over the last epoch
     seconds: float
+    steps: int = 0  # optimizer steps taken (all epochs)
 
 
 def default_device() -> torch.device:
@@ -58,7 +60,7 @@ def train(
     ``grad_masks`` (parameter name -> 0/1 tensor) freezes every coordinate whose mask is 0: the
     update then lives exactly on the round's shared support (support-restricted training).
     """
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.max_steps < 0:
         raise TrainingError(f"epochs, batch_size and lr must be positive: {cfg}")
     device = device or default_device()
     torch.manual_seed(cfg.seed)
@@ -68,10 +70,14 @@ def train(
     params = dict(model.named_parameters())
     masks = {k: v.to(device) for k, v in (grad_masks or {}).items() if k in params}
     start = time.perf_counter()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(cfg.epochs):
+        if cfg.max_steps and steps >= cfg.max_steps:
+            break
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in loader:
+            if cfg.max_steps and steps >= cfg.max_steps:
+                break
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             out = model(x)
@@ -87,8 +93,9 @@ def train(
             total_loss += loss.item() * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
+            steps += 1
     model.to("cpu")
-    return TrainResult(seen, total_loss / max(seen, 1), correct / max(seen, 1), time.perf_counter() - start)
+    return TrainResult(seen, total_loss / max(seen, 1), correct / max(seen, 1), time.perf_counter() - start, steps)
 
 
 @torch.no_grad()
