@@ -32,8 +32,10 @@ from aggregator import masked, nddfe
 from aggregator.bsgs import DEFAULT_MAX_TABLE, CryptoError, DecryptionRangeError
 from aggregator.nddfe import KeyPair, MalformedCiphertextError, MalformedKeyError, NddfeError
 
-Backend = Literal["none", "masked", "nddfe"]
-BACKENDS: tuple[str, ...] = get_args(Backend)
+Backend = Literal["none", "masked", "nddfe", "secaggplus"]
+BACKENDS: tuple[str, ...] = ("none", "masked", "nddfe")  # one-shot: encrypt / functional_key / decrypt_sum
+INTERACTIVE_BACKENDS: tuple[str, ...] = ("secaggplus",)  # multi-stage: aggregator.secaggplus drives it
+ALL_BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_BITS = 15
 
 PLAIN_MAGIC = b"MMP1"
@@ -86,9 +88,11 @@ def masked_word_bits(bits: int) -> int:
     return 32 if _max_abs(bits) < (1 << 15) else 64
 
 
-def _backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise UnknownBackendError(f"unknown secagg backend {backend!r}; expected one of {BACKENDS}")
+def _backend(backend: str, interactive_ok: bool = False) -> str:
+    if backend in INTERACTIVE_BACKENDS and not interactive_ok:
+        raise UnknownBackendError(f"secagg backend {backend!r} is interactive: run its stages (aggregator.secaggplus)")
+    if backend not in ALL_BACKENDS:
+        raise UnknownBackendError(f"unknown secagg backend {backend!r}; expected one of {ALL_BACKENDS}")
     return backend
 
 
@@ -253,10 +257,10 @@ def decrypt_sum(
 
 def ciphertext_size(backend: Backend, k: int, bits: int = DEFAULT_BITS) -> int:
     """Exact wire size in bytes of one miner's ciphertext over ``k`` coordinates."""
-    _backend(backend)
+    _backend(backend, interactive_ok=True)
     if backend == "none":
         return _HEADER.size + 4 * k
-    if backend == "masked":
+    if backend in ("masked", "secaggplus"):  # secaggplus sends the masked format
         return _HEADER.size + masked_word_bits(bits) // 8 * k
     return nddfe.NddfeCiphertext.size_for(k)
 

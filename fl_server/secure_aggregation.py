@@ -75,8 +75,8 @@ class SecureRound:
 
     def __post_init__(self) -> None:
         s = self.settings
-        if s.backend not in secagg.BACKENDS:
-            raise ValueError(f"secagg backend must be one of {secagg.BACKENDS}, got {s.backend!r}")
+        if s.backend not in secagg.ALL_BACKENDS:
+            raise ValueError(f"secagg backend must be one of {secagg.ALL_BACKENDS}, got {s.backend!r}")
         if s.dgc.support == "local" and s.backend != "none":
             raise ValueError("dgc.support=local reveals each miner's coordinates: use it only with secagg=none")
 
