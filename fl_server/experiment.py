@@ -28,6 +28,7 @@ from aggregator.eip712 import Domain
 from aggregator.models import ModelSpec, build_model, model_hash, num_parameters, state_to_bytes
 from aggregator.secagg import AggregatorKeys, PublisherKeys
 from fl_client.identity import create_identity
+from fl_server.api import attach_dashboard
 from fl_server.chain_round import ChainSession, open_session
 from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, miner_dir, prepare, server_test_path
 from fl_server.evaluation import ServerEvaluator
@@ -212,6 +213,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
     warnings.filterwarnings("ignore", category=ResourceWarning)
     console = Console(width=160)
     out_dir.mkdir(parents=True, exist_ok=True)
+    attach_dashboard(cfg, out_dir)  # run database (+ REST API and live dashboard with dashboard=true)
     root, part = ensure_partitions(cfg, console)
     spec = model_spec(cfg)
     initial = build_model(spec, seed=int(cfg.seed))

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from aggregator.models import flatten_state, model_hash, state_to_bytes, unflatten_like
 from aggregator.protocol import ProtocolError, RoundPlan, SignedVote
 from fl_server.chain_round import ChainSession
+from fl_server.events import announce_chain_round, announce_finish, announce_round, announce_task, emit
 from fl_server.results import RoundRecord
 from fl_server.secure_aggregation import Accepted, ReplyRejected, RoundFailed, SecureRound, public_seed
 from fl_server.selection import RandomSelector
@@ -131,6 +132,7 @@ class ModelMineStrategy(FedAvg):
                 config[key] = value
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         self._selected = set(node_ids)
+        emit("selection", round=server_round, policy=type(self.selector).__name__, selected=sorted(node_ids))
         self._round_info["selected"] = len(node_ids)
         return self._construct_messages(record, node_ids, "train")
 
@@ -145,8 +147,12 @@ class ModelMineStrategy(FedAvg):
         for reply in replies:
             try:
                 valid.append(validate_reply(reply, current.size, self.arrayrecord_key))
+                emit("submission", round=server_round, node_id=valid[-1].node_id, accepted=True,
+                     bytes=valid[-1].upload_bytes, train_seconds=valid[-1].metrics.get("train-seconds"))
             except ReplyRejected as exc:
                 log.warning("round %d: rejected reply: %s", server_round, exc)
+                emit("submission", round=server_round, node_id=reply.metadata.src_node_id, accepted=False,
+                     reason=str(exc), bytes=reply_bytes(reply.content) if not reply.has_error() else 0)
                 self.rejections.append((server_round, str(exc)))
         self._round_info["received"] = len(valid)
         if len(valid) < self.min_replies:
@@ -172,8 +178,13 @@ class ModelMineStrategy(FedAvg):
         for reply in replies:
             try:
                 accepted.append(self.secure.verify_reply(self._plan, reply, self._selected))
+                emit("submission", round=server_round, node_id=accepted[-1].node_id, accepted=True,
+                     address=accepted[-1].submission.address, bytes=accepted[-1].submission.wire_bytes,
+                     train_seconds=accepted[-1].metrics.get("train-seconds"))
             except ReplyRejected as exc:
                 log.warning("round %d: rejected reply: %s", server_round, exc)
+                emit("submission", round=server_round, node_id=reply.metadata.src_node_id, accepted=False,
+                     reason=str(exc), bytes=reply_bytes(reply.content) if not reply.has_error() else 0)
                 self.rejections.append((server_round, str(exc)))
         info = self._round_info
         info["received"] = len(accepted)
@@ -228,6 +239,8 @@ class ModelMineStrategy(FedAvg):
         votes.sort(key=lambda v: order[v.address])
         participants = [(a.submission.address, a.submission.commitment) for a in self._accepted]
         outcome = self.chain.relay(candidate_hash, votes, participants, proposal.gas_used)
+        announce_chain_round(self.chain, server_round, self._plan.round, candidate_hash,
+                             [a for a, _ in participants], votes, outcome, proposal.gas_used)
         if outcome.status == "finalized":
             self._finalized = self._global
         else:  # FLock-style: the round is retried from the last finalized model
@@ -257,8 +270,11 @@ class ModelMineStrategy(FedAvg):
             first = evaluate_fn(0, arrays)
             if first is not None:
                 result.evaluate_metrics_serverapp[0] = first
+        announce_task(self.chain, num_rounds)
+        known_nodes: set[int] = set()
         for server_round in range(1, num_rounds + 1):
             self._round_info = {}
+            known_nodes = announce_round(grid, server_round, known_nodes)
             t0 = time.perf_counter()
             replies = grid.send_and_receive(
                 messages=self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
@@ -293,7 +309,9 @@ class ModelMineStrategy(FedAvg):
                 extra={**{k: info[k] for k in ("k", "protect_seconds", "failed") if k in info}, **chain_extra},
             )
             self.records.append(record)
+            emit("round_finished", round=server_round, record=record.row())
             if self.on_round:
                 self.on_round(record)
+        announce_finish(self.chain, self.records)
         result.arrays = arrays
         return result
