@@ -11,10 +11,11 @@ const Charts = (() => {
     return (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
   }
 
-  function fmt(v, percent) {
-    if (percent) return (v * 100).toFixed(Math.abs(v) < 0.1 ? 1 : 0) + "%";
-    if (Math.abs(v) >= 1000) return v.toExponential(1);
-    return Number(v.toFixed(3)).toString();
+  function fmt(v, percent, step) {  // as many decimals as the tick step needs
+    const scale = percent ? 100 : 1;
+    const decimals = Math.min(6, Math.max(0, -Math.floor(Math.log10(step * scale || 1))));
+    if (!percent && Math.abs(v) >= 10000) return v.toExponential(1);
+    return (v * scale).toFixed(decimals) + (percent ? "%" : "");
   }
 
   function lineChart(canvas, series, options = {}) {
@@ -49,7 +50,7 @@ const Charts = (() => {
     ctx.textAlign = "right"; ctx.textBaseline = "middle";
     for (let v = Math.ceil(yMin / yStep) * yStep; v <= yMax + 1e-12; v += yStep) {
       ctx.beginPath(); ctx.moveTo(pad.l, Y(v)); ctx.lineTo(width - pad.r, Y(v)); ctx.stroke();
-      ctx.fillText(fmt(v, options.percent), pad.l - 6, Y(v));
+      ctx.fillText(fmt(v, options.percent, yStep), pad.l - 6, Y(v));
     }
     const xStep = Math.max(1, Math.round(niceStep(xMax - xMin, 8)));
     ctx.textAlign = "center"; ctx.textBaseline = "top";
