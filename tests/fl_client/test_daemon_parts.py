@@ -1,0 +1,123 @@
+"""The daemon's state file, process supervision, app allow-list and config checks."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fl_client.__main__ import run_daemon
+from fl_client.app_guard import make_guarded_plugin
+from fl_client.state import DaemonState, StateCorrupt, StateStore, TaskRecord
+from fl_client.supervisor import ManagedProcess, SuperNodeSettings, TaskProcesses, child_env
+
+
+def test_state_round_trip_and_atomic_file(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    state = DaemonState(last_block=7, registered=True)
+    state.tasks[3] = TaskRecord(task_id=3, status="running", reveals_sent=[1], rewards_claimed_wei=5)
+    store.save(state)
+    again = store.load()
+    assert again.last_block == 7 and again.tasks[3].reveals_sent == [1] and again.tasks[3].rewards_claimed_wei == 5
+    assert [p.name for p in (tmp_path / "daemon").iterdir()] == ["state.json"]  # no temporary left behind
+
+
+def test_corrupt_state_is_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "daemon" / "state.json").write_text("{half")
+    with pytest.raises(StateCorrupt):
+        StateStore(tmp_path).load()
+    assert (tmp_path / "daemon" / "state.json.corrupt").exists()
+    assert StateStore(tmp_path).load().last_block == -1
+
+
+def test_crashed_child_is_restarted_with_growing_backoff(tmp_path: Path) -> None:
+    child = ManagedProcess("crasher", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "c.log",
+                           initial_backoff_s=0.05, max_backoff_s=0.2, stable_s=60)
+    child.start()
+    delays = []
+    deadline = time.monotonic() + 10
+    while child.restarts < 3 and time.monotonic() < deadline:
+        before = child._backoff
+        child.poll()
+        if child._backoff != before:
+            delays.append(child._backoff)
+        time.sleep(0.01)
+    child.stop()
+    assert child.restarts >= 3
+    assert delays[:3] == [0.05, 0.1, 0.2]
+
+
+def test_stop_terminates_the_child(tmp_path: Path) -> None:
+    child = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log")
+    child.start()
+    proc = child.proc
+    child.stop()
+    assert proc is not None and proc.poll() is not None
+    child.poll()
+    assert not child.running()  # a stopped child is not restarted
+
+
+def test_child_env_has_venv_first_and_no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELMINE_ETH_KEY", "ab" * 32)
+    env = child_env()
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert "MODELMINE_ETH_KEY" not in env and env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+
+
+def test_supernode_needs_an_allow_list(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="allowed"):
+        TaskProcesses(1, SuperNodeSettings("127.0.0.1:9092", 9094, insecure=True), {}, [], tmp_path)
+
+
+def test_guard_refuses_a_foreign_app() -> None:
+    from flwr.supercore.superexec.executor import LaunchResult, LaunchResultStatus
+
+    launched = []
+
+    class Executor:
+        def launch(self, spec: object) -> LaunchResult:
+            launched.append(spec)
+            return LaunchResult.accepted()
+
+    plugin = make_guarded_plugin(frozenset({"aa" * 32}))(
+        runtime_api_address="127.0.0.1:1", insecure=True, root_certificates_path=None, executor=Executor())
+    foreign = SimpleNamespace(task_id=1, run_id=5, fab_hash="bb" * 32, type=plugin_task_type())
+    assert plugin.launch_task("token", foreign).status == LaunchResultStatus.FAILED
+    assert launched == []
+    ours = SimpleNamespace(task_id=2, run_id=5, fab_hash="aa" * 32, type=plugin_task_type())
+    assert plugin.launch_task("token", ours).status == LaunchResultStatus.ACCEPTED
+    assert len(launched) == 1
+
+
+def plugin_task_type() -> str:
+    from flwr.supercore.constant import TaskType
+
+    return TaskType.CLIENT_APP.value
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["chain.rpc_url=http://x:1", "chain.contract_address=0x1", "store.url=http://s"], "miner.dir is required"),
+        (["miner.dir=/nonexistent", "chain.rpc_url=http://x:1", "chain.contract_address=0x1", "store.url=http://s"],
+         "is not a folder"),
+    ],
+)
+def test_bad_config_is_one_line_error(override: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_daemon(override) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_bad_contract_address_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "eth.key").write_text("00")
+    (tmp_path / "manifest.json").write_text("{}")
+    args = [f"miner.dir={tmp_path}", "chain.rpc_url=http://127.0.0.1:1", "chain.contract_address=0x1234",
+            "store.url=http://127.0.0.1:2", "supernode.insecure=true"]
+    assert run_daemon(args) == 2
+    assert "chain.contract_address" in capsys.readouterr().err
