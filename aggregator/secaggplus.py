@@ -59,6 +59,7 @@ from eth_utils import keccak, to_checksum_address
 
 from aggregator import shamir
 from aggregator.bsgs import CryptoError, DecryptionRangeError
+from aggregator.protocol import RoundPlan
 from aggregator.support import support_hash as _support_hash
 
 LABEL = b"modelmine/secaggplus/v1"
@@ -89,7 +90,8 @@ class SecAggPlusConfig:
     bits: int = 15
     degree_factor: float = 8.0  # k = min(n - 1, even ceil(degree_factor * log2 n))
     threshold_fraction: float = 0.5  # t = max(floor(k/2) + 1, ceil(threshold_fraction * k))
-    min_survivors_fraction: float = 0.5  # t_min = max(2, ceil(fraction * n))
+    min_survivors_fraction: float = 0.5  # t_min = max(2, min_survivors, ceil(fraction * n))
+    min_survivors: int = 2  # absolute floor of t_min (the task's threshold t on chain)
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 31:
@@ -128,7 +130,7 @@ def params_for(n: int, config: SecAggPlusConfig) -> Params:
     degree = min(n - 1, max(2, degree))
     threshold = max(2, degree // 2 + 1, math.ceil(config.threshold_fraction * degree))
     threshold = min(threshold, degree)
-    min_survivors = max(2, math.ceil(config.min_survivors_fraction * n))
+    min_survivors = max(2, int(config.min_survivors), math.ceil(config.min_survivors_fraction * n))
     word_bits = 32 if (1 << (config.bits - 1)) - 1 < (1 << 15) else 64
     return Params(n, degree, threshold, min_survivors, word_bits, config.bits)
 
@@ -165,6 +167,19 @@ class RoundTag:
 def domain_hash(chain_id: int, verifying_contract: str) -> bytes:
     """32-byte ``RoundTag.domain`` of a deployment."""
     return keccak(LABEL + b"/domain" + chain_id.to_bytes(32, "big") + bytes.fromhex(verifying_contract[2:]))
+
+
+def tag_of(plan: RoundPlan) -> RoundTag:
+    """The tag of a round plan (miner and server compute it alike): attempt = the plan's epoch."""
+    if plan.support is None:
+        raise SecAggPlusError("secaggplus needs the shared support (dgc.support=shared)")
+    return RoundTag(
+        domain=domain_hash(plan.domain.chain_id, plan.domain.verifying_contract),
+        task_id=plan.task_id,
+        round=plan.round,
+        attempt=plan.crypto_round,
+        support_hash=plan.support_hash,
+    )
 
 
 # -- neighbour graph ----------------------------------------------------------------------------------
@@ -451,7 +466,7 @@ class MinerSession:
                 "address": self.address,
                 "keys": [self.keys.enc_secret.hex(), self.keys.mask_secret.hex()],
                 "config": [self.config.bits, self.config.degree_factor, self.config.threshold_fraction,
-                           self.config.min_survivors_fraction],
+                           self.config.min_survivors_fraction, self.config.min_survivors],
                 "self_seed": self.self_seed.hex(),
                 "roster": roster_to_bytes(self.roster).hex(),
                 "index": self.index,
@@ -466,12 +481,12 @@ class MinerSession:
         try:
             raw = json.loads(bytes(data))
             d, task, rnd, att, sh = raw["tag"]
-            bits, df, tf, mf = raw["config"]
+            bits, df, tf, mf, ms = raw["config"]
             return cls(
                 tag=RoundTag(bytes.fromhex(d), task, rnd, att, bytes.fromhex(sh)),
                 address=raw["address"],
                 keys=EphemeralKeys(bytes.fromhex(raw["keys"][0]), bytes.fromhex(raw["keys"][1])),
-                config=SecAggPlusConfig(bits, df, tf, mf),
+                config=SecAggPlusConfig(bits, df, tf, mf, ms),
                 self_seed=bytes.fromhex(raw["self_seed"]),
                 roster=roster_from_bytes(bytes.fromhex(raw["roster"])),
                 index=int(raw["index"]),
