@@ -43,6 +43,7 @@ from fl_server.results import (
     write_rounds,
     write_summary,
 )
+from fl_server import secaggplus_round
 from fl_server.secure_aggregation import SecureRound, SecureSettings
 from fl_server.selection import RandomSelector
 from fl_server.strategy import ModelMineStrategy, ServerOptimizer
@@ -237,6 +238,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         progress.advance(bar)
 
     secure, session = build_secure_round(cfg, part, root, initial) if secure_mode(cfg) else (None, None)
+    secaggplus = None
+    if secure is not None and str(cfg.secagg.backend) == "secaggplus":  # no key service: SecAgg+ stages
+        secaggplus = secaggplus_round.from_config(cfg.secagg, secure, int(cfg.seed), int(cfg.selection.per_round) or int(cfg.num_miners))
     if session is not None:
         console.print(f"chain {cfg.chain.backend}: task {session.task_id} published on {session.client.address}")
     strategy = ModelMineStrategy(
@@ -246,6 +250,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, client_app: ClientApp | None 
         min_replies=int(cfg.strategy.min_replies),
         secure=secure,
         chain=session,
+        secaggplus=secaggplus,
     )
     server_app = ServerApp()
 

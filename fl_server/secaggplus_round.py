@@ -264,6 +264,7 @@ def from_config(secagg_cfg: Any, secure: SecureRound, seed: int = 0, num_miners:
         degree_factor=float(secagg_cfg.get("degree_factor", 8.0)),
         threshold_fraction=float(secagg_cfg.get("threshold_fraction", 0.5)),
         min_survivors_fraction=float(secagg_cfg.get("min_survivors_fraction", 0.5)),
+        min_survivors=max(2, int(getattr(secure, "threshold", 2))),  # the task's t, when it has one
     )
     if num_miners is not None and num_miners < 3:
         raise ValueError(f"secagg=secaggplus needs at least 3 miners per round, got {num_miners}")

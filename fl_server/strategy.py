@@ -24,6 +24,7 @@ from aggregator.protocol import ProtocolError, RoundPlan, SignedVote
 from fl_server.chain_round import ChainSession
 from fl_server.events import announce_chain_round, announce_finish, announce_round, announce_task, emit
 from fl_server.results import RoundRecord
+from fl_server.secaggplus_round import SecAggPlusRound
 from fl_server.secure_aggregation import Accepted, ReplyRejected, RoundFailed, SecureRound, public_seed
 from fl_server.selection import RandomSelector
 
@@ -96,6 +97,7 @@ class ModelMineStrategy(FedAvg):
         min_replies: int = 1,
         secure: SecureRound | None = None,
         chain: ChainSession | None = None,
+        secaggplus: SecAggPlusRound | None = None,
     ) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.selector = selector
@@ -107,6 +109,7 @@ class ModelMineStrategy(FedAvg):
         self.rejections: list[tuple[int, str]] = []
         self.secure = secure
         self.chain = chain
+        self.secaggplus = secaggplus  # secagg=secaggplus: extra key/share/unmask stages (fl_server/secaggplus_round.py)
         if chain is not None and secure is None:
             raise ValueError("on-chain rounds need commitments: enable DGC or a secagg backend (secure round)")
         self._accepted: list[Accepted] = []
@@ -197,7 +200,7 @@ class ModelMineStrategy(FedAvg):
             log.warning("round %d: %d valid submissions < %d; global model unchanged", server_round, len(accepted), self.min_replies)
             return None, None
         try:
-            mean_update = self.secure.aggregate(self._plan, accepted)
+            mean_update = (self.secaggplus or self.secure).aggregate(self._plan, accepted)
         except RoundFailed as exc:
             log.error("round %d failed, global model unchanged: %s", server_round, exc)
             self.rejections.append((server_round, f"round failed: {exc}"))
@@ -276,9 +279,10 @@ class ModelMineStrategy(FedAvg):
             self._round_info = {}
             known_nodes = announce_round(grid, server_round, known_nodes)
             t0 = time.perf_counter()
-            replies = grid.send_and_receive(
-                messages=self.configure_train(server_round, arrays, train_config, grid), timeout=timeout
-            )
+            messages = self.configure_train(server_round, arrays, train_config, grid)
+            if self.secaggplus is not None and self._plan is not None:
+                messages = self.secaggplus.prepare(grid, self._plan, messages, timeout)
+            replies = grid.send_and_receive(messages=messages, timeout=timeout)
             t_agg = time.perf_counter()
             new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             aggregate_seconds = time.perf_counter() - t_agg
