@@ -109,7 +109,7 @@ class EventBus:
             except Exception:  # a broken sink must not break a training round
                 log.exception("event subscriber %r failed on %s", subscriber, event.kind)
 
-    def emit(self, kind: str, **payload: Any) -> Event | None:
+    def emit(self, kind: str, /, **payload: Any) -> Event | None:
         """Build an :class:`Event` from ``kind`` and ``payload`` and publish it; None when nobody listens."""
         if not self._subscribers:
             return None
@@ -125,7 +125,7 @@ class EventBus:
 default_bus = EventBus()
 
 
-def emit(kind: str, **payload: Any) -> Event | None:
+def emit(kind: str, /, **payload: Any) -> Event | None:
     """Publish on the process-wide default bus (what the strategy and chain code call)."""
     return default_bus.emit(kind, **payload)
 
