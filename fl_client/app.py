@@ -34,7 +34,9 @@ from aggregator.models import (
 )
 from aggregator.protocol import RoundPlan, VoteRequest
 from fl_client.data import LocalData, load_local_data, make_loader
-from fl_client.identity import load_identity
+from fl_client import secaggplus_client
+from aggregator.registration import sign_register_tx, sign_registration
+from fl_client.identity import load_identity, load_or_create_identity
 from fl_client.secure_update import (
     MinerState,
     build_submission,
@@ -61,6 +63,14 @@ def data_folder(config: ConfigRecord, context: Context) -> Path:
         return Path(str(context.node_config["data-dir"]))
     pid = int(context.node_config["partition-id"])
     return Path(str(config["data-root"])) / str(config["dataset"]) / str(config["partition-tag"]) / f"miner_{pid}"
+
+
+def keys_folder(folder: Path, context: Context) -> Path:
+    """This miner's key folder: the node config's ``key-dir`` (deployment: keys outside the data folder),
+    else ``<data folder>/keys``."""
+    if "key-dir" in context.node_config:
+        return Path(str(context.node_config["key-dir"]))
+    return folder / "keys"
 
 
 def local_data(config: ConfigRecord, context: Context) -> LocalData:
@@ -106,13 +116,14 @@ def secure_reply(msg: Message, context: Context, model: torch.nn.Module, global_
     config = msg.content["config"]
     plan = checked_plan(config, context)
     folder = data_folder(config, context)
-    identity = load_identity(folder)
+    identity = load_identity(folder, keys_folder(folder, context))
     store = MinerState(folder, plan.task_key)
     store.claim_epoch(plan)  # durable before any ciphertext of this epoch exists
     state = store.load_dgc(plan)
     delta = flatten_state(model.state_dict()) - global_flat
     t0 = time.perf_counter()
-    result = build_submission(delta, plan, identity, state, np.random.default_rng())
+    masker = secaggplus_client.masker(msg, context, plan) if plan.backend == "secaggplus" else None
+    result = build_submission(delta, plan, identity, state, np.random.default_rng(), encrypt=masker)
     store.save_dgc(state)
     store.save_opening(plan.round, result.opening)
     metrics = {
@@ -174,6 +185,45 @@ def evaluate_handler(msg: Message, context: Context) -> Message:
         folder = data_folder(config, context)
         request = VoteRequest.from_config(config)
         weights_hash = model_hash(state_to_bytes(msg.content["arrays"].to_torch_state_dict()))
-        signed = cast_vote(request, weights_hash, accuracy, load_identity(folder), MinerState(folder, request.task_key))
+        signed = cast_vote(request, weights_hash, accuracy, load_identity(folder, keys_folder(folder, context)), MinerState(folder, request.task_key))
         content["vote"] = ConfigRecord(signed.to_config())
     return Message(content=content, reply_to=msg)
+
+
+@app.query("secaggplus")
+def secaggplus_handler(msg: Message, context: Context) -> Message:
+    """SecAgg+ stages (advertise keys, share keys, unmask; fl_client/secaggplus_client.py) on a checked plan."""
+    config = msg.content["config"]
+    folder = data_folder(config, context)
+    unmask = str(config["sap-stage"]) == "unmask"  # after the train stage claimed the epoch
+    plan = RoundPlan.from_config(config) if unmask else checked_plan(config, context)
+    return secaggplus_client.handle(msg, context, plan, lambda: load_identity(folder, keys_folder(folder, context)).eth_key)
+
+
+@app.query("register")
+def register_handler(msg: Message, context: Context) -> Message:
+    """Sign this miner's registration (address, secure-aggregation key) with its own key, for the chain
+    and contract the server names. In simulation the keys are created in the miner's folder the first
+    time; a deployed miner must already have them (``fl-miner keys create``)."""
+    config = msg.content["config"]
+    folder = data_folder(config, context)
+    keys = keys_folder(folder, context)
+    simulated = "partition-id" in context.node_config and "data-dir" not in context.node_config
+    identity = load_or_create_identity(folder, keys) if simulated else load_identity(folder, keys)
+    reg = sign_registration(identity.eth_key, identity.secagg_public, int(config["mm-chain-id"]), str(config["mm-contract"]))
+    return Message(content=RecordDict({"registration": ConfigRecord(reg.to_config())}), reply_to=msg)
+
+
+@app.query("register_tx")
+def register_tx_handler(msg: Message, context: Context) -> Message:
+    """Sign this miner's own ``register(publicKey)`` transaction with its stake; the server only relays it."""
+    config = msg.content["config"]
+    folder = data_folder(config, context)
+    identity = load_identity(folder, keys_folder(folder, context))
+    raw = sign_register_tx(
+        identity.eth_key, identity.secagg_public, chain_id=int(config["mm-chain-id"]),
+        contract=str(config["mm-contract"]), stake_wei=int(str(config["mm-stake-wei"])),
+        nonce=int(config["mm-nonce"]), gas=int(config["mm-gas"]), max_fee_per_gas=int(str(config["mm-max-fee"])),
+        max_priority_fee_per_gas=int(str(config["mm-max-priority-fee"])),
+    )
+    return Message(content=RecordDict({"registration": ConfigRecord({"raw-tx": raw.hex()})}), reply_to=msg)

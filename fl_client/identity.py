@@ -47,21 +47,21 @@ class MinerIdentity:
 
 
 def _parse_hex(text: str, what: str) -> bytes:
+    """Exactly 64 hex digits (optionally 0x-prefixed); anything else is refused, never padded."""
     value = text.strip().removeprefix("0x")
+    if len(value) != 64:
+        raise IdentityError(f"{what} must hold exactly 64 hex digits (32 bytes), found {len(value)} characters")
     try:
-        raw = bytes.fromhex(value)
+        return bytes.fromhex(value)
     except ValueError as exc:
         raise IdentityError(f"{what} is not hex") from exc
-    if len(raw) != 32:
-        raise IdentityError(f"{what} must be 32 bytes, got {len(raw)}")
-    return raw
 
 
 def _read_secret_file(path: Path, what: str) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise IdentityError(f"{path} is readable by others (mode {oct(mode)}); run chmod 600 {path}")
-    return _parse_hex(path.read_text(), what)
+    return _parse_hex(path.read_text(), f"{path} ({what})")
 
 
 def _write_secret(path: Path, secret: bytes) -> None:
@@ -75,9 +75,10 @@ def key_dir(folder: Path) -> Path:
     return Path(folder) / "keys"
 
 
-def create_identity(folder: Path) -> MinerIdentity:
-    """Generate fresh keys into ``folder/keys`` (0600); refuses to overwrite existing keys."""
-    keys = key_dir(folder)
+def create_identity(folder: Path, keys: Path | None = None) -> MinerIdentity:
+    """Generate fresh keys into ``keys`` (default ``folder/keys``; files 0600, folder 0700);
+    refuses to overwrite existing keys."""
+    keys = Path(keys) if keys is not None else key_dir(folder)
     if (keys / "eth.key").exists() or (keys / "secagg.key").exists():
         raise IdentityError(f"{keys} already holds keys; refusing to overwrite them")
     identity = MinerIdentity(eth_key=bytes(Account.create().key), secagg=MinerKeys.generate())
@@ -89,35 +90,40 @@ def create_identity(folder: Path) -> MinerIdentity:
     return identity
 
 
-def load_identity(folder: Path | None) -> MinerIdentity:
-    """Keys from the environment, else from ``folder/keys``; IdentityError names what is missing."""
+def load_identity(folder: Path | None, keys: Path | None = None) -> MinerIdentity:
+    """Keys from the environment, else from ``keys`` (default ``folder/keys``); IdentityError names the
+    file that is missing, too widely readable or malformed."""
     env_eth, env_sa = os.environ.get(ETH_ENV), os.environ.get(SECAGG_ENV)
     if env_eth and env_sa:
         eth, sa = _parse_hex(env_eth, ETH_ENV), _parse_hex(env_sa, SECAGG_ENV)
     else:
-        if folder is None:
+        if folder is None and keys is None:
             raise IdentityError(f"no keys: set {ETH_ENV} and {SECAGG_ENV} or give a miner folder")
-        keys = key_dir(folder)
+        keys = Path(keys) if keys is not None else key_dir(Path(folder))  # type: ignore[arg-type]
         if not (keys / "eth.key").exists() or not (keys / "secagg.key").exists():
-            raise IdentityError(f"no keys in {keys}; create them with scripts/make_miner_keys.py")
+            raise IdentityError(f"no keys in {keys}; create them with: fl-miner keys create --dir {keys.parent}")
         eth = _read_secret_file(keys / "eth.key", "eth.key")
         sa = _read_secret_file(keys / "secagg.key", "secagg.key")
     try:
         secagg = MinerKeys.from_secret(sa)
     except Exception as exc:
-        raise IdentityError(f"secure-aggregation secret is not a valid secp256k1 scalar: {exc}") from exc
+        raise IdentityError(f"secure-aggregation secret ({SECAGG_ENV} or secagg.key) is not a valid secp256k1 scalar: {exc}") from exc
+    try:
+        Account.from_key(eth)
+    except Exception as exc:
+        raise IdentityError(f"Ethereum key ({ETH_ENV} or eth.key) is not a valid secp256k1 key: {exc}") from exc
     return MinerIdentity(eth_key=eth, secagg=MinerKeys(secret=secagg.secret, public=secagg.public))
 
 
-def load_or_create_identity(folder: Path) -> MinerIdentity:
+def load_or_create_identity(folder: Path, keys: Path | None = None) -> MinerIdentity:
     """Simulation convenience: load the miner's keys, creating them the first time."""
-    keys = key_dir(folder)
-    if not (keys / "eth.key").exists() and not os.environ.get(ETH_ENV):
+    keys = Path(keys) if keys is not None else key_dir(folder)
+    if not (keys / "eth.key").exists() and not (keys / "secagg.key").exists() and not os.environ.get(ETH_ENV):
         try:
-            return create_identity(folder)
-        except FileExistsError:  # another process created them in between
+            return create_identity(folder, keys)
+        except (FileExistsError, IdentityError):  # another process created them in between
             pass
-    return load_identity(folder)
+    return load_identity(folder, keys)
 
 
 def read_public_record(folder: Path) -> dict[str, str]:

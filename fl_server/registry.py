@@ -1,19 +1,16 @@
 """Who may submit: registered miners (Ethereum address -> secure-aggregation public key) and the
 binding of each address to one Flower node.
 
-The public keys come from the chain's miner registry, or, without a chain, from the miners'
-``keys/public.json`` records. A node that once answered as address A may not answer as B later,
+The public keys come from the chain's miner registry, or, without a chain, from the miners' own
+signed registrations (fl_server.enrollment); the server never reads a miner's folder or keys. A node that once answered as address A may not answer as B later,
 and A may not answer from another node: that stops one node from voting or submitting twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from eth_utils import to_checksum_address
-
-from fl_client.identity import read_public_record
 
 
 class RegistryError(ValueError):
@@ -52,12 +49,3 @@ class MinerRegistry:
 
     def address_of(self, node_id: int) -> str | None:
         return self._address_of.get(node_id)
-
-    @classmethod
-    def from_miner_folders(cls, folders: list[Path]) -> MinerRegistry:
-        """Read the public records (never the secrets) of simulated miners."""
-        registry = cls()
-        for folder in folders:
-            record = read_public_record(folder)
-            registry.register(record["address"], bytes.fromhex(record["secagg_public"]))
-        return registry

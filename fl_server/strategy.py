@@ -262,6 +262,7 @@ class ModelMineStrategy(FedAvg):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
+        first_round: int = 1,
     ) -> Result:
         """Run ``num_rounds`` rounds; ``evaluate_fn`` (server test set) is called after each one."""
         train_config = train_config or ConfigRecord()
@@ -275,7 +276,7 @@ class ModelMineStrategy(FedAvg):
                 result.evaluate_metrics_serverapp[0] = first
         announce_task(self.chain, num_rounds)
         known_nodes: set[int] = set()
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):  # > 1 when resuming from a checkpoint
             self._round_info = {}
             known_nodes = announce_round(grid, server_round, known_nodes)
             t0 = time.perf_counter()
