@@ -9,18 +9,26 @@ baseline: there the sum is computed in the clear.)
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from eth_utils import keccak
 from flwr.app import Message, RecordDict
 
-from aggregator import eip712, quantize, secagg
+from aggregator import eip712, nddfe, quantize, secagg
 from aggregator.dgc import DGCConfig, k_for_density
 from aggregator.eip712 import Domain, SignatureError
+from aggregator.node_binding import BindingError, check_binding
 from aggregator.protocol import ProtocolError, RoundPlan, SignedSubmission, indices_from_bytes
 from aggregator.support import select_support, select_support_layered
+from aggregator.task_spec import TaskSpec
+from fl_server.data_prep import PartitionConfig, miner_dir
+from fl_server.key_service import KeyServiceError, KeyServiceUnavailable
 from fl_server.registry import MinerRegistry, RegistryError
 
 log = logging.getLogger("modelmine.secure")
@@ -35,8 +43,11 @@ class RoundFailed(RuntimeError):
 
 
 class KeyService(Protocol):
+    """``fl_server.key_service.RemoteKeyService`` (deployment) or ``PublisherKeyService`` (simulation).
+    Raises KeyServiceError when refused, KeyServiceUnavailable when it may work on a retry."""
+
     def functional_key(
-        self, credential: bytes, task_id: int, round_: int, addresses: list[str], indices: np.ndarray
+        self, credential: bytes, task_id: int, round_: int, attempt: int, addresses: Sequence[str], indices: np.ndarray
     ) -> bytes: ...
 
 
@@ -51,6 +62,9 @@ class SecureSettings:
     domain: Domain
     train_on_support: bool = True
     layer_sizes: tuple[int, ...] | None = None  # set: S_t is budgeted per layer (sqrt of its size)
+    threshold: int = 2  # t: no sum over fewer than t miners is ever decrypted (1 allowed for none)
+    key_deadline_s: float = 60.0  # retries of an unavailable key service stop after this
+    key_backoff_s: float = 0.5  # first retry delay (doubles, capped at 8 s)
 
 
 @dataclass(frozen=True)
@@ -79,11 +93,43 @@ class SecureRound:
             raise ValueError(f"secagg backend must be one of {secagg.ALL_BACKENDS}, got {s.backend!r}")
         if s.dgc.support == "local" and s.backend != "none":
             raise ValueError("dgc.support=local reveals each miner's coordinates: use it only with secagg=none")
+        if s.threshold < (1 if s.backend == "none" else 2):
+            raise ValueError(f"secagg threshold t must be >= 2 for an encrypted backend, got {s.threshold}")
 
-    def plan(self, server_round: int, public_seed: bytes, task_round: int | None = None) -> RoundPlan:
-        """The plan of attempt ``server_round`` (the epoch) at the task's round ``task_round``
-        (defaults to the epoch; differs once a rejected round is retried). The shared support comes
-        from the last aggregate and ``public_seed``."""
+    @property
+    def threshold(self) -> int:
+        """t: the least number of submitters whose sum is ever decrypted (1 for the plaintext baseline)."""
+        return 1 if self.settings.backend == "none" else self.settings.threshold
+
+    @cached_property
+    def task_spec(self) -> TaskSpec:
+        """The task's pinned parameters; miners trust its hash (on chain, or from their operator)."""
+        s = self.settings
+        return TaskSpec(
+            chain_id=s.domain.chain_id,
+            verifying_contract=s.domain.verifying_contract,
+            task_id=s.task_id,
+            publisher_public=bytes(self.publisher_public),
+            aggregator_public=bytes(self.aggregator_public),
+            backend=s.backend,
+            bits=s.bits,
+            clip=float(s.clip),
+            d=self.d,
+            support_mode=s.dgc.support,
+            density=float(s.dgc.density),
+            warmup_rounds=int(s.dgc.warmup_rounds),
+            warmup_start=float(s.dgc.warmup_start),
+            warmup_factor=float(s.dgc.warmup_factor),
+            threshold=self.threshold,
+        )
+
+    def plan(
+        self, server_round: int, public_seed: bytes, task_round: int | None = None, attempt: int | None = None
+    ) -> RoundPlan:
+        """The plan of the task's round ``task_round`` (defaults to ``server_round``) in epoch
+        ``attempt`` (the chain's per-task attempt counter; defaults to ``server_round``). Masks and
+        keys are bound to the epoch: miners refuse one not above the last they encrypted for. The
+        shared support comes from the last aggregate and ``public_seed``."""
         s = self.settings
         task_round = server_round if task_round is None else task_round
         density = s.dgc.density_at(task_round)
@@ -108,7 +154,8 @@ class SecureRound:
             aggregator_public=self.aggregator_public,
             domain=s.domain,
             train_on_support=s.train_on_support,
-            epoch=server_round,
+            epoch=server_round if attempt is None else attempt,
+            task_spec=self.task_spec.to_canonical_json(),
         )
 
     def verify_reply(self, plan: RoundPlan, reply: Message, selected: set[int]) -> Accepted:
@@ -148,29 +195,67 @@ class SecureRound:
         expected = secagg.ciphertext_size(plan.backend, int(indices.size), plan.bits)  # type: ignore[arg-type]
         if len(sub.ciphertext) != expected:
             raise ReplyRejected(f"node {node} ciphertext is {len(sub.ciphertext)} bytes, expected {expected}")
+        if plan.backend == "nddfe":  # every point on the curve, or this miner alone is dropped
+            try:
+                nddfe.NddfeCiphertext.from_bytes(sub.ciphertext, int(indices.size)).parse()
+            except secagg.SecAggError as exc:
+                raise ReplyRejected(f"node {node} ({sub.address}): malformed ciphertext: {exc}") from exc
         try:
             eip712.verify(plan.domain, sub.message(plan.support_hash), sub.signature, sub.address)
+            self._check_binding(plan, node, sub.address, content)
             self.registry.bind(node, sub.address)
-        except (SignatureError, RegistryError) as exc:
+        except (SignatureError, RegistryError, BindingError) as exc:
             raise ReplyRejected(f"node {node}: {exc}") from exc
         self._seen.add(key)
         metrics = {k: float(v) for k, v in content["metrics"].items()} if "metrics" in content.metric_records else {}
         return Accepted(node, sub, metrics, indices)
+
+    def _check_binding(self, plan: RoundPlan, node: int, address: str, content: RecordDict) -> None:
+        """The miner itself must sign that it answers from ``node`` (a relay cannot claim it)."""
+        if "binding" not in content.config_records:
+            raise BindingError(f"reply carries no node binding signed by {address}")
+        record = content["binding"]
+        if str(record.get("mm-address", "")).lower() != address.lower():
+            raise BindingError(f"node binding is for {record.get('mm-address')}, the submission for {address}")
+        check_binding(plan.domain, int(node), address, bytes(record.get("mm-binding-signature", b"")))
+
+    def _functional_key(self, plan: RoundPlan, addresses: list[str]) -> bytes:
+        """The key for ``addresses``, retrying an unavailable key service with backoff until
+        ``settings.key_deadline_s``; raises RoundFailed when refused or still unavailable."""
+        s = self.settings
+        deadline = time.monotonic() + s.key_deadline_s
+        delay, attempts = s.key_backoff_s, 0
+        assert plan.support is not None
+        while True:
+            attempts += 1
+            try:
+                return self.key_service.functional_key(
+                    self.credential, plan.task_id, plan.round, plan.crypto_round, addresses, plan.support
+                )
+            except (KeyServiceError, PermissionError) as exc:
+                raise RoundFailed(f"key service refused: {exc}") from exc
+            except (KeyServiceUnavailable, ConnectionError, TimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RoundFailed(f"key service unavailable after {attempts} attempts: {exc}") from exc
+                log.warning("key service unavailable (attempt %d), retrying in %.1f s: %s", attempts, delay, exc)
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
 
     def aggregate(self, plan: RoundPlan, accepted: list[Accepted]) -> np.ndarray:
         """Mean update (dense float64, length d) of the accepted set I, from the sum only."""
         if not accepted:
             raise RoundFailed("no valid submission")
         s = self.settings
+        threshold = self.threshold
+        if len(accepted) < threshold:
+            raise RoundFailed(f"{len(accepted)} valid submissions < the task's threshold t={threshold}")
         n = len(accepted)
         total = np.zeros(self.d, dtype=np.float64)
         if plan.support is not None:
             ordered = sorted(accepted, key=lambda a: a.submission.address)
             addresses = [a.submission.address for a in ordered]
+            key = self._functional_key(plan, addresses)
             try:
-                key = self.key_service.functional_key(
-                    self.credential, plan.task_id, plan.crypto_round, addresses, plan.support
-                )
                 summed = secagg.decrypt_sum(
                     plan.backend,  # type: ignore[arg-type]
                     [a.submission.ciphertext for a in ordered],
@@ -197,3 +282,20 @@ def public_seed(task_id: int, server_round: int, model_hash: bytes) -> bytes:
     """Seed of the exploration slice: public, and fixed once the previous model is fixed."""
     return keccak(b"modelmine/seed" + task_id.to_bytes(32, "big") + server_round.to_bytes(8, "big") + model_hash)
 
+
+
+TRUSTED_TASKS_FILE = "trusted_tasks.txt"  # read by fl_client.secure_update.trusted_task_hashes
+
+
+def trust_task_in_simulation(root: Path, part: PartitionConfig, spec: TaskSpec) -> None:
+    """Simulation only (one program plays every operator): put the task spec's hash where each
+    simulated miner's operator would, ``<miner folder>/trusted_tasks.txt``, as the miner's daemon does
+    from the chain's task metadata hash in deployment. The miners then refuse any plan not pinned to it."""
+    line = spec.spec_hash().hex()
+    for index in range(part.num_miners):
+        path = Path(miner_dir(root, part, index)) / TRUSTED_TASKS_FILE
+        known = path.read_text().split() if path.exists() else []
+        if line not in known:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as fh:
+                fh.write(line + "\n")

@@ -103,7 +103,8 @@ class ModelMineStrategy(FedAvg):
         self.selector = selector
         self.server_optimizer = server_optimizer or ServerOptimizer()
         self.on_round = on_round
-        self.min_replies = min_replies
+        # a secure round never decrypts a sum over fewer than the task's threshold t (defaults to t)
+        self.min_replies = max(min_replies, secure.threshold) if secure is not None else min_replies
         self.records: list[RoundRecord] = []
         self.accepted: dict[int, list] = {}  # round -> accepted SignedSubmissions (commitments for the chain)
         self.rejections: list[tuple[int, str]] = []

@@ -11,7 +11,7 @@ from aggregator.dgc import DGCConfig, DGCState
 from aggregator.eip712 import Domain
 from aggregator.secagg import AggregatorKeys, PublisherKeys
 from fl_client.identity import create_identity
-from fl_client.secure_update import build_submission
+from fl_client.secure_update import build_submission, node_binding
 from fl_server.key_service import PublisherKeyService, new_credential
 from fl_server.registry import MinerRegistry
 from fl_server.secure_aggregation import ReplyRejected, RoundFailed, SecureRound, SecureSettings
@@ -22,7 +22,9 @@ D = 400
 def make_round(tmp_path, backend: str, n: int = 3, density: float = 0.1, support: str = "shared"):
     folders = [tmp_path / f"m{i}" for i in range(n)]
     identities = [create_identity(f) for f in folders]
-    registry = MinerRegistry.from_miner_folders(folders)
+    registry = MinerRegistry()
+    for identity in identities:  # registration (on chain or via enrollment) publishes (address, P_i)
+        registry.register(identity.address, identity.secagg_public)
     publisher, aggregator = PublisherKeys.generate(), AggregatorKeys.generate()
     credential = new_credential()
     service = PublisherKeyService(backend, publisher, credential, registry.key_of)
@@ -32,10 +34,17 @@ def make_round(tmp_path, backend: str, n: int = 3, density: float = 0.1, support
     return sr, identities, service
 
 
-def submit(sr, plan, identity, delta, seed=0):
+def submit(sr, plan, identity, delta, seed=0, node=0):
+    """A miner's reply: its submission and its own signature binding it to Flower node ``node``."""
     state = DGCState(D, plan.dgc)
     result = build_submission(delta, plan, identity, state, np.random.default_rng(seed))
-    content = RecordDict({"submission": ConfigRecord(result.submission.to_config()), "metrics": MetricRecord({"train-loss": 0.1})})
+    content = RecordDict(
+        {
+            "submission": ConfigRecord(result.submission.to_config()),
+            "binding": ConfigRecord(node_binding(identity, plan, node)),
+            "metrics": MetricRecord({"train-loss": 0.1}),
+        }
+    )
     return result, content
 
 
@@ -47,7 +56,7 @@ def test_aggregate_is_the_mean_of_the_quantized_updates(tmp_path, backend):
     deltas = [rng.normal(0, 0.1, D).astype(np.float32) for _ in ids]
     accepted = []
     for node, (identity, delta) in enumerate(zip(ids, deltas, strict=True)):
-        _, content = submit(sr, plan, identity, delta, seed=node)
+        _, content = submit(sr, plan, identity, delta, seed=node, node=node)
         accepted.append(sr.verify(plan, node, content, {0, 1, 2}))
     mean = sr.aggregate(plan, accepted)
     expected = np.zeros(D)
@@ -61,10 +70,10 @@ def test_dropped_miner_costs_nothing(tmp_path):
     sr, ids, service = make_round(tmp_path, "nddfe")
     plan = sr.plan(1, b"seed")
     deltas = [np.full(D, 0.01 * (i + 1), dtype=np.float32) for i in range(3)]
-    accepted = [sr.verify(plan, i, submit(sr, plan, ids[i], deltas[i])[1], {0, 1, 2}) for i in (0, 2)]  # miner 1 dropped
+    accepted = [sr.verify(plan, i, submit(sr, plan, ids[i], deltas[i], node=i)[1], {0, 1, 2}) for i in (0, 2)]  # 1 dropped
     mean = sr.aggregate(plan, accepted)
     assert np.allclose(mean[plan.support], 0.02, atol=1e-4)
-    issued_set = service.issued[(7, 1)][0]
+    issued_set = service.ledger.rows[(7, 1, 1)].members
     assert set(issued_set) == {ids[0].address, ids[2].address}
 
 
@@ -97,11 +106,19 @@ def test_bad_submissions_are_rejected_with_reasons(tmp_path):
     sr.verify(plan, 0, content, {0})
     with pytest.raises(ReplyRejected, match="replay"):
         sr.verify(plan, 0, content, {0})
-    # a second node answering as the same miner (next round, fresh submission)
+    # defect 7 (first relay wins): node 1 relays miner 0's signed submission; the binding is the
+    # miner's own signature for node 0, so node 1 cannot claim the miner
     plan5 = sr.plan(5, b"seed")
-    _, again = submit(sr, plan5, ids[0], delta)
+    _, relayed = submit(sr, plan5, ids[0], delta, node=0)
+    with pytest.raises(ReplyRejected, match="binding is signed by"):
+        sr.verify(plan5, 1, relayed, {1})
+    unbound = RecordDict({"submission": relayed["submission"]})
+    with pytest.raises(ReplyRejected, match="no node binding"):
+        sr.verify(plan5, 1, unbound, {1})
+    # a miner already bound to node 0 that signs for node 1 too is still refused (one node per miner)
+    _, moved = submit(sr, plan5, ids[0], delta, node=1)
     with pytest.raises(ReplyRejected, match="already answered from node 0"):
-        sr.verify(plan5, 1, again, {1})
+        sr.verify(plan5, 1, moved, {1})
 
 
 def test_unregistered_miner_is_rejected(tmp_path):
@@ -125,7 +142,9 @@ def test_server_never_decrypts_an_individual_update(tmp_path, monkeypatch):
         return real(backend, ciphertexts, key, n, *args, **kwargs)
 
     monkeypatch.setattr(secagg, "decrypt_sum", spy)
-    accepted = [sr.verify(plan, i, submit(sr, plan, ids[i], np.full(D, 0.01, np.float32))[1], {0, 1, 2}) for i in range(3)]
+    accepted = [
+        sr.verify(plan, i, submit(sr, plan, ids[i], np.full(D, 0.01, np.float32), node=i)[1], {0, 1, 2}) for i in range(3)
+    ]
     # what the server holds per miner: opaque ciphertext bytes, no float or int vectors of the update
     for a in accepted:
         assert isinstance(a.submission.ciphertext, bytes)
@@ -139,7 +158,9 @@ def test_local_support_needs_plaintext_and_a_wrong_key_fails_the_round(tmp_path)
         make_round(tmp_path / "a", "masked", support="local")
     sr, ids, service = make_round(tmp_path / "b", "masked")
     plan = sr.plan(1, b"seed")
-    accepted = [sr.verify(plan, i, submit(sr, plan, ids[i], np.full(D, 0.01, np.float32))[1], {0, 1, 2}) for i in range(3)]
-    service.functional_key(service.credential, 7, 1, [ids[0].address, ids[1].address], plan.support)  # a different set first
+    accepted = [
+        sr.verify(plan, i, submit(sr, plan, ids[i], np.full(D, 0.01, np.float32), node=i)[1], {0, 1, 2}) for i in range(3)
+    ]
+    service.functional_key(service.credential, 7, 1, 1, [ids[0].address, ids[1].address], plan.support)  # another set
     with pytest.raises(RoundFailed, match="another set"):
         sr.aggregate(plan, accepted)
