@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+import threading
+import time
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from aggregator import quantize, secagg
+from aggregator import eip712, quantize, secagg
 from aggregator.dgc import DGCConfig, DGCState
 from aggregator.eip712 import Domain
+from aggregator.key_issuer import reply_tag
+from aggregator.protocol import SignedSubmission
 from aggregator.secagg import AggregatorKeys, PublisherKeys
 from fl_client.identity import create_identity
 from fl_client.secure_update import build_submission, node_binding
-from fl_server.key_service import PublisherKeyService, new_credential
+from fl_server.key_service import KeyServiceUnavailable, PublisherKeyService, RemoteKeyService, new_credential
 from fl_server.registry import MinerRegistry
 from fl_server.secure_aggregation import ReplyRejected, RoundFailed, SecureRound, SecureSettings
 
@@ -164,3 +171,126 @@ def test_local_support_needs_plaintext_and_a_wrong_key_fails_the_round(tmp_path)
     service.functional_key(service.credential, 7, 1, 1, [ids[0].address, ids[1].address], plan.support)  # another set
     with pytest.raises(RoundFailed, match="another set"):
         sr.aggregate(plan, accepted)
+
+
+def _off_curve(ciphertext: bytes) -> bytes:
+    """An NDD-FE ciphertext whose first point has an x coordinate with no point on secp256k1."""
+    from aggregator.bsgs import PointError, parse_point
+
+    k = int.from_bytes(ciphertext[4:8], "little")
+    offset = 8 + (k + 7) // 8
+    for x in range(5, 1000):
+        try:
+            parse_point(bytes([2]) + x.to_bytes(32, "big"))
+        except PointError:
+            return ciphertext[:offset] + x.to_bytes(32, "big") + ciphertext[offset + 32 :]
+    raise AssertionError("no off-curve x found")
+
+
+def test_defect5_an_off_curve_point_drops_only_that_miner(tmp_path):
+    """Miner 1 signs a ciphertext with an off-curve point: verify names it by address and drops it;
+    the round still aggregates miners 0 and 2."""
+    sr, ids, _ = make_round(tmp_path, "nddfe")
+    plan = sr.plan(1, b"seed")
+    deltas = [np.full(D, 0.01 * (i + 1), dtype=np.float32) for i in range(3)]
+    accepted = []
+    for i in range(3):
+        result, content = submit(sr, plan, ids[i], deltas[i], node=i)
+        if i == 1:  # the malicious miner re-signs its bad ciphertext: the signature is valid
+            bad = SignedSubmission(**{**result.submission.__dict__, "ciphertext": _off_curve(result.submission.ciphertext)})
+            signature = eip712.sign(plan.domain, bad.message(plan.support_hash), ids[1].eth_key)
+            bad = SignedSubmission(**{**bad.__dict__, "signature": signature})
+            content = RecordDict({"submission": ConfigRecord(bad.to_config()), "binding": content["binding"]})
+            with pytest.raises(ReplyRejected, match=f"{ids[1].address}.*not a point on secp256k1"):
+                sr.verify(plan, i, content, {0, 1, 2})
+            continue
+        accepted.append(sr.verify(plan, i, content, {0, 1, 2}))
+    mean = sr.aggregate(plan, accepted)
+    assert np.allclose(mean[plan.support], 0.02, atol=1e-4)
+
+
+def test_defect2_fewer_submitters_than_the_threshold_are_never_decrypted(tmp_path):
+    sr, ids, service = make_round(tmp_path, "masked")
+    plan = sr.plan(1, b"seed")
+    one = [sr.verify(plan, 0, submit(sr, plan, ids[0], np.full(D, 0.01, np.float32))[1], {0})]
+    with pytest.raises(RoundFailed, match="threshold t=2"):
+        sr.aggregate(plan, one)
+    assert not service.ledger.rows  # the key service was never even asked
+
+
+class FlakyKeyService:
+    """Unavailable ``failures`` times, then the real in-process service."""
+
+    def __init__(self, inner, failures: int, error: Exception) -> None:
+        self.inner, self.failures, self.error, self.calls = inner, failures, error, 0
+
+    def functional_key(self, *args):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return self.inner.functional_key(*args)
+
+
+def _quick_retries(sr, deadline: float = 1.0) -> None:
+    sr.settings = dataclasses.replace(sr.settings, key_deadline_s=deadline, key_backoff_s=0.05)
+
+
+def _three(sr, ids, plan):
+    return [sr.verify(plan, i, submit(sr, plan, ids[i], np.full(D, 0.01, np.float32), node=i)[1], {0, 1, 2}) for i in range(3)]
+
+
+def test_defect6_a_key_service_outage_is_retried_within_the_deadline(tmp_path):
+    sr, ids, service = make_round(tmp_path, "masked")
+    _quick_retries(sr, deadline=5.0)
+    sr.key_service = FlakyKeyService(service, 2, KeyServiceUnavailable("connection refused"))
+    plan = sr.plan(1, b"seed")
+    mean = sr.aggregate(plan, _three(sr, ids, plan))
+    assert sr.key_service.calls == 3 and np.allclose(mean[plan.support], 0.01, atol=1e-4)
+
+
+@pytest.mark.parametrize("failure", ["down", "timeout", "400", "refused"])
+def test_defect6_key_service_down_timing_out_or_400_fails_the_round_not_the_run(tmp_path, failure):
+    """The service is down (connection refused), never answers (read timeout), answers 400 without a
+    valid reply tag, or refuses (403): each becomes RoundFailed, which the strategy turns into a
+    failed round (model unchanged) followed by the next attempt."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    sr, ids, _ = make_round(tmp_path, "masked")
+    _quick_retries(sr)
+    server = None
+    if failure == "down":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again: nothing listens there
+    else:
+        class Bad(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                if failure == "timeout":
+                    time.sleep(2)
+                    return
+                status = 400 if failure == "400" else 403
+                body = b"malformed request"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                if failure == "refused":  # a genuine refusal, authenticated for this request
+                    self.send_header("X-MM-Reply-Auth", reply_tag(sr.credential, self.headers["X-MM-Auth"], status, body))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Bad)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+    sr.key_service = RemoteKeyService(f"http://127.0.0.1:{port}", sr.credential, timeout=0.3)
+    plan = sr.plan(1, b"seed")
+    try:
+        expected = "refused" if failure == "refused" else "unavailable after"
+        with pytest.raises(RoundFailed, match=expected):
+            sr.aggregate(plan, _three(sr, ids, plan))
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
