@@ -28,6 +28,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,9 @@ from fl_server.chain_round import ChainSession, open_session
 from fl_server.checkpoint import Checkpoint, CheckpointStore, ServerSecrets
 from fl_server.config_check import ConfigError, check_config
 from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, prepare, server_test_path
-from fl_server.enrollment import enroll
+from fl_server.enrollment import collect_registrations, enroll
 from fl_server.evaluation import ServerEvaluator
-from fl_server.key_service import PublisherKeyService
+from fl_server.key_service import PublisherKeyService, RemoteKeyService
 from fl_server.registry import MinerRegistry
 from fl_server.results import (
     PeakMemory,
@@ -61,7 +62,7 @@ from fl_server.results import (
 )
 from fl_server.secaggplus_round import SecAggPlusRound
 from fl_server.secure_aggregation import SecureRound, SecureSettings, trust_task_in_simulation
-from fl_server.selection import RandomSelector
+from fl_server.selection import build_selection
 from fl_server.strategy import ModelMineStrategy, ServerOptimizer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -188,10 +189,10 @@ def layer_sizes(model: torch.nn.Module) -> tuple[int, ...]:
 
 
 # -- hooks for the other parts (one place each) ------------------------------------------------------
-def build_selector(cfg: DictConfig) -> Any:
-    """The selection policy of ``cfg.selection`` (selection helper: extend here)."""
-    sel = cfg.selection
-    return RandomSelector(per_round=int(sel.per_round), min_available=int(sel.min_available), seed=int(cfg.seed))
+def build_selector(cfg: DictConfig, download_bytes: int = 0) -> Any:
+    """The selection policy of ``cfg.selection`` with the simulated network of ``cfg.network``
+    (a fl_server.selection.SelectionController; docs/selection.md)."""
+    return build_selection(cfg, download_bytes)
 
 
 def attach_observers(cfg: DictConfig, run_dir: Path) -> Any:
@@ -221,9 +222,12 @@ def build_secure_round(
     if session is not None:
         task_id, domain = session.task_id, session.domain
     threshold = int(cfg.secagg.get("threshold", 2))  # t of the task (secagg-hardening)
-    service = PublisherKeyService(
+    service = None if backend == "secaggplus" else PublisherKeyService(  # SecAgg+ has no key service
         backend, secrets.publisher, secrets.credential, registry.key_of, int(cfg.secagg.bits), threshold
     )
+    key_service_url = str(cfg.deployment.get("key_service_url", "") or "")
+    if service is not None and key_service_url:  # deployment: the publisher's own process (scripts/key_service.py)
+        service = RemoteKeyService(key_service_url, secrets.credential, ca_file=os.environ.get("MODELMINE_KEY_SERVICE_CA"))
     settings = SecureSettings(
         backend=backend,
         bits=int(cfg.secagg.bits),
@@ -312,6 +316,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 def serve(grid: Grid, cfg: DictConfig, run_dir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the configured task on ``grid`` end to end; write the outputs into ``run_dir``; return the summary."""
     setup_logging(cfg)
+    warnings.simplefilter("ignore", ResourceWarning)  # Ray's log files; eth-tester resets the filters
     check_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -340,17 +345,19 @@ def serve(grid: Grid, cfg: DictConfig, run_dir: Path, echo: Callable[[str], None
     )
     secrets = ServerSecrets.load_or_create(run_dir / "server_keys", resume=resume_from is not None)
     nodes = wait_for_nodes(grid, int(cfg.selection.min_available) or int(cfg.num_miners), float(cfg.strategy.round_timeout_s))
+    timeout = float(cfg.strategy.round_timeout_s)
+    regs = collect_registrations(grid, nodes, locator_config(part, root), int(cfg.task.chain_id), "", timeout)
     session = open_chain(cfg, initial, part, secrets, resume_from)
     if session is not None:
         echo(f"chain {cfg.chain.backend}: task {session.task_id} on {session.client.address}")
     registry = enroll(
-        grid, nodes, locator_config(part, root), session=session, chain_id=int(cfg.task.chain_id),
-        stake_wei=int(cfg.chain.get("stake_wei", 0) or 0), timeout=float(cfg.strategy.round_timeout_s),
+        grid, regs, locator_config(part, root), session=session,
+        stake_wei=int(cfg.chain.get("stake_wei", 0) or 0), timeout=timeout,
         fund_dev_accounts=session is not None and str(cfg.chain.backend) in ("embedded", "rpc"),
     )
     secure = build_secure_round(cfg, initial, registry, session, secrets) if secure_mode(cfg) else None
     strategy = ModelMineStrategy(
-        selector=build_selector(cfg),
+        selector=build_selector(cfg, download_bytes=4 * num_parameters(initial)),
         server_optimizer=ServerOptimizer(lr=float(cfg.strategy.server_lr), momentum=float(cfg.strategy.server_momentum)),
         min_replies=int(cfg.strategy.min_replies),
         secure=secure,
@@ -365,6 +372,7 @@ def serve(grid: Grid, cfg: DictConfig, run_dir: Path, echo: Callable[[str], None
         echo(table_line(record))
         records.append(record)
         write_rounds(run_dir, records)
+        strategy.selection.write_jsonl(run_dir / "selection.jsonl")  # who was selected, why, who was skipped
         finalized = record.extra.get("chain_status", "finalized") == "finalized" and not record.extra.get("failed")
         if finalized:
             store.save(Checkpoint.capture(strategy, secure, record.round, records, initial_accuracy, session))
@@ -430,4 +438,9 @@ def main(grid: Grid, context: Context) -> None:
     except Exception as exc:  # Hydra's own message names the bad override
         raise ConfigError(f"run config overrides: {exc}") from exc
     run_dir = Path(str(run_config.get("run-dir", "") or "")) if run_config.get("run-dir") else default_run_dir()
-    serve(grid, cfg, run_dir, echo=lambda line: print(line, flush=True))
+    try:
+        serve(grid, cfg, run_dir, echo=lambda line: print(line, flush=True))
+    except Exception as exc:
+        run_dir.mkdir(parents=True, exist_ok=True)  # the launcher prints this as its one `error:` line
+        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc))
+        raise

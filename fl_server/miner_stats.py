@@ -44,7 +44,13 @@ class MinerRecord:
 
     @property
     def explored(self) -> bool:
+        """Completed at least one round (its utility and speed are known)."""
         return self.completions > 0
+
+    @property
+    def observed(self) -> bool:
+        """Selected and heard of (completed, timed out or rejected): no longer a candidate for exploration."""
+        return self.completions + self.timeouts + self.rejections > 0
 
     @property
     def statistical_utility(self) -> float:

@@ -94,12 +94,14 @@ class SelectionDecision:
     epsilon: float = math.nan
     preferred_duration_s: float = math.nan
     work_caps: dict[int, int] = field(default_factory=dict)  # node -> max local steps
+    scores: dict[int, float] = field(default_factory=dict)  # node -> score (adaptive policies, observed miners)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (node ids as string keys; NaN as None)."""
         d = asdict(self)
-        d["reasons"] = {str(k): v for k, v in self.reasons.items()}
-        d["skipped"] = {str(k): v for k, v in self.skipped.items()}
-        d["work_caps"] = {str(k): v for k, v in self.work_caps.items()}
+        for key in ("reasons", "skipped", "work_caps"):
+            d[key] = {str(k): v for k, v in getattr(self, key).items()}
+        d["scores"] = {str(k): round(v, 6) for k, v in self.scores.items() if math.isfinite(v)}
         for key in ("epsilon", "preferred_duration_s"):
             if isinstance(d[key], float) and not math.isfinite(d[key]):
                 d[key] = None
@@ -244,7 +246,7 @@ class OortSelector:
         c = self.config
         if c.preferred_duration_s > 0:
             return c.preferred_duration_s * self.pacer_factor
-        known = [r.duration_s for r in self.stats.records.values() if r.explored and math.isfinite(r.duration_s)]
+        known = [r.duration_s for r in self.stats.records.values() if r.observed and math.isfinite(r.duration_s)]
         if not known:
             return math.nan
         return float(np.quantile(known, c.preferred_quantile)) * self.pacer_factor
@@ -320,8 +322,8 @@ class OortSelector:
         taken = set(chosen)
         rest = [n for n in eligible if n not in taken]
         slots = k - len(chosen)
-        explored = [n for n in rest if self.stats.get(n).explored]
-        unexplored = [n for n in rest if not self.stats.get(n).explored]
+        explored = [n for n in rest if self.stats.get(n).observed]
+        unexplored = [n for n in rest if not self.stats.get(n).observed]
         eps = self.epsilon_at(server_round)
         n_explore = min(len(unexplored), int(round(eps * slots)))
         if len(explored) < slots - n_explore:
@@ -350,7 +352,7 @@ class OortSelector:
                 if len(chosen) >= k:
                     break
                 if not probation_blocked(n):
-                    take(n, f"explore: never completed a round (epsilon {eps:.2f})")
+                    take(n, f"explore: never selected before (epsilon {eps:.2f})")
         # 4. fill any slot left (everyone else blocked): best remaining score
         if len(chosen) < k:
             taken = set(chosen)
@@ -370,7 +372,8 @@ class OortSelector:
                 skipped[n] = "unexplored: not drawn for exploration"
         chosen.sort()
         self.stats.selected(chosen, server_round)
-        self.last_decision = SelectionDecision(server_round, self.name, chosen, reasons, skipped, eps, preferred)
+        self.last_decision = SelectionDecision(server_round, self.name, chosen, reasons, skipped, eps, preferred,
+                                               scores={n: v[0] for n, v in scored.items()})
         return chosen
 
     @staticmethod
@@ -532,6 +535,40 @@ class SelectionController:
     def work_caps(self) -> dict[int, int]:
         return dict(self.decision.work_caps) if self.decision else {}
 
+    def selection_event(self) -> dict[str, Any]:
+        """Payload of the run database's ``selection`` event for the latest decision."""
+        d = self.decision
+        if d is None:
+            return {}
+        row = d.to_dict()
+        return {"round": d.round, "policy": d.policy, "available": sorted(set(d.selected) | set(d.skipped)),
+                "selected": list(d.selected), "scores": row["scores"], "reasons": row["reasons"],
+                "skipped": row["skipped"], "work_caps": row["work_caps"], "epsilon": row["epsilon"],
+                "preferred_duration_s": row["preferred_duration_s"]}
+
+    def status_of(self, node: int, server_round: int) -> str:
+        sel = self.selector
+        if hasattr(sel, "quarantined") and sel.quarantined(node, server_round + 1):
+            return "quarantined"
+        if hasattr(sel, "on_probation") and sel.on_probation(node, server_round + 1):
+            return "probation"
+        return "active"
+
+    def _emit_node_stats(self, server_round: int) -> None:
+        """``node_stats`` events for this round's selected miners (O(selected), not O(registered))."""
+        try:
+            from fl_server.events import emit
+        except ImportError:  # pragma: no cover - the event bus is optional
+            return
+        for node in self._selected:
+            rec = self.stats.get(node)
+            status = self.status_of(node, server_round)
+            emit("node_stats", node_id=node, address=None,
+                 latency_s=rec.last_duration_s if math.isfinite(rec.last_duration_s) else None,
+                 reliability=rec.reliability, reputation=rec.reputation, status=status,
+                 quarantined=status == "quarantined", timeouts=rec.timeouts, drops=rec.drops,
+                 selections=rec.selections, completions=rec.completions)
+
     def _caps(self, chosen: Iterable[int], server_round: int) -> dict[int, int]:
         lw = self.local_work
         if not lw.enabled:
@@ -602,6 +639,7 @@ class SelectionController:
         sim = {}
         if timing is not None:
             sim = {"sim_round_s": round(timing.duration_s, 3), "sim_clock_s": round(self.network.clock.now_s, 3)}
+        self._emit_node_stats(server_round)
         self._extra = {
             "policy": self.decision.policy if self.decision else "",
             "timeouts": len(timed_out),
@@ -667,6 +705,20 @@ def build_controller(cfg_selection: Mapping[str, Any], network: NetworkSim | Non
     """Selector + local work + simulator for the strategy (``selector=`` of ModelMineStrategy)."""
     return SelectionController(build_selector(cfg_selection, seed), network, build_local_work(cfg_selection),
                                download_bytes)
+
+
+def build_selection(cfg: Any, download_bytes: int = 0) -> SelectionController:
+    """The run's selection from the whole Hydra config: ``cfg.selection`` (policy, local work),
+    ``cfg.network`` (simulated network; absent or ``perfect`` = none), ``cfg.seed``, ``cfg.num_miners``
+    and ``cfg.strategy.round_timeout_s`` (what a lost reply costs without a deadline).
+    ``download_bytes``: size of the broadcast model (it crosses each simulated link too)."""
+    from fl_server.network_sim import build_network
+
+    seed = int(cfg.seed)
+    network_cfg = cfg.get("network") if hasattr(cfg, "get") else None
+    timeout = float(cfg.strategy.round_timeout_s) if "strategy" in cfg else 600.0
+    network = build_network(network_cfg, int(cfg.num_miners), seed, timeout)
+    return build_controller(cfg.selection, network, seed, download_bytes)
 
 
 def _plain(cfg: Any) -> dict[str, Any]:

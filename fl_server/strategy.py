@@ -26,7 +26,7 @@ from fl_server.events import announce_chain_round, announce_finish, announce_rou
 from fl_server.results import RoundRecord
 from fl_server.secaggplus_round import SecAggPlusRound
 from fl_server.secure_aggregation import Accepted, ReplyRejected, RoundFailed, SecureRound, public_seed
-from fl_server.selection import RandomSelector
+from fl_server.selection import RandomSelector, SelectionController, reply_facts
 
 log = logging.getLogger("modelmine.strategy")
 
@@ -91,7 +91,7 @@ class ModelMineStrategy(FedAvg):
 
     def __init__(
         self,
-        selector: RandomSelector,
+        selector: RandomSelector | SelectionController,
         server_optimizer: ServerOptimizer | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
         min_replies: int = 1,
@@ -101,6 +101,9 @@ class ModelMineStrategy(FedAvg):
     ) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.selector = selector
+        # selection, simulated network deadline, local work caps and per-miner feedback (fl_server/selection.py)
+        self.selection = selector if isinstance(selector, SelectionController) else SelectionController(selector)
+        self._counted: list[int] = []  # nodes whose update entered this round's aggregate
         self.server_optimizer = server_optimizer or ServerOptimizer()
         self.on_round = on_round
         # a secure round never decrypts a sum over fewer than the task's threshold t (defaults to t)
@@ -124,7 +127,7 @@ class ModelMineStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        node_ids = self.selector.select(list(grid.get_node_ids()), server_round)
+        node_ids = self.selection.select(list(grid.get_node_ids()), server_round)
         config = ConfigRecord(dict(config))
         config["server-round"] = server_round
         if self.secure is not None:
@@ -136,15 +139,33 @@ class ModelMineStrategy(FedAvg):
                 config[key] = value
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         self._selected = set(node_ids)
-        emit("selection", round=server_round, policy=type(self.selector).__name__, selected=sorted(node_ids))
+        emit("selection", **self.selection.selection_event())
         self._round_info["selected"] = len(node_ids)
-        return self._construct_messages(record, node_ids, "train")
+        return self._train_messages(record, node_ids)
+
+    def _train_messages(self, record: RecordDict, node_ids: list[int]) -> list[Message]:
+        """One train message per node; a node with a local work cap gets its own config with ``max-steps``."""
+        caps = {n: c for n, c in self.selection.work_caps().items() if n in set(node_ids)}
+        messages = list(self._construct_messages(record, [n for n in node_ids if n not in caps], "train"))
+        for node, steps in sorted(caps.items()):
+            config = ConfigRecord({**dict(record[self.configrecord_key]), "max-steps": int(steps)})
+            capped = RecordDict({self.arrayrecord_key: record[self.arrayrecord_key], self.configrecord_key: config})
+            messages += self._construct_messages(capped, [node], "train")
+        return messages
+
+    def _on_time(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The replies that arrived by the round deadline on the simulated network (all without one);
+        the others count as timeouts for the selector."""
+        replies = list(replies)
+        keep = self.selection.arrive(server_round, [reply_facts(r) for r in replies])
+        return [r for r in replies if r.metadata.src_node_id in keep]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._global is not None, "start() sets the global model before the first round"
         current = flatten_state(self._global)
+        replies = self._on_time(server_round, replies)
         if self.secure is not None:
             return self._aggregate_secure(server_round, replies, current)
         valid: list[ValidUpdate] = []
@@ -159,6 +180,7 @@ class ModelMineStrategy(FedAvg):
                      reason=str(exc), bytes=reply_bytes(reply.content) if not reply.has_error() else 0)
                 self.rejections.append((server_round, str(exc)))
         self._round_info["received"] = len(valid)
+        self._counted = [u.node_id for u in valid]
         if len(valid) < self.min_replies:
             log.warning("round %d: %d valid replies < %d; global model unchanged", server_round, len(valid), self.min_replies)
             self._round_info.update(upload_bytes=0.0, train_loss=float("nan"), train_seconds=float("nan"))
@@ -192,6 +214,7 @@ class ModelMineStrategy(FedAvg):
                 self.rejections.append((server_round, str(exc)))
         info = self._round_info
         info["received"] = len(accepted)
+        self._counted = [a.node_id for a in accepted]
         info["k"] = float(self._plan.support.size) if self._plan.support is not None else float("nan")
         info["upload_bytes"] = float(np.mean([a.submission.wire_bytes for a in accepted])) if accepted else 0.0
         info["train_loss"] = float(np.mean([a.metrics.get("train-loss", np.nan) for a in accepted])) if accepted else np.nan
@@ -245,6 +268,9 @@ class ModelMineStrategy(FedAvg):
         outcome = self.chain.relay(candidate_hash, votes, participants, proposal.gas_used)
         announce_chain_round(self.chain, server_round, self._plan.round, candidate_hash,
                              [a for a, _ in participants], votes, outcome, proposal.gas_used)
+        revealed = {v.address for v in votes if v.reveal is not None}
+        self.selection.chain_outcome(outcome.status == "finalized", list(voters),
+                                     [n for n, address in voters.items() if address in revealed])
         if outcome.status == "finalized":
             self._finalized = self._global
         else:  # FLock-style: the round is retried from the last finalized model
@@ -286,8 +312,10 @@ class ModelMineStrategy(FedAvg):
                 messages = self.secaggplus.prepare(grid, self._plan, messages, timeout)
             replies = grid.send_and_receive(messages=messages, timeout=timeout)
             t_agg = time.perf_counter()
+            self._counted = []
             new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             aggregate_seconds = time.perf_counter() - t_agg
+            self.selection.feedback(server_round, self._counted)
             chain_extra: dict = {}
             if new_arrays is not None and self.chain is not None:
                 chain_extra = self._vote(server_round, grid, new_arrays, train_config, timeout)
@@ -312,7 +340,8 @@ class ModelMineStrategy(FedAvg):
                 aggregate_seconds=aggregate_seconds,
                 train_loss=info.get("train_loss", float("nan")),
                 train_seconds_mean=info.get("train_seconds", float("nan")),
-                extra={**{k: info[k] for k in ("k", "protect_seconds", "failed") if k in info}, **chain_extra},
+                extra={**{k: info[k] for k in ("k", "protect_seconds", "failed") if k in info}, **chain_extra,
+                       **self.selection.round_extra()},
             )
             self.records.append(record)
             emit("round_finished", round=server_round, record=record.row())
