@@ -142,3 +142,21 @@ def test_same_epoch_two_plans_attack_fails(publisher, miners) -> None:
     # and the masks are per global coordinate: a coordinate's mask does not move with its position
     m3 = masked.mask_vector(dh, TASK, ROUND, np.array([5, 7, 9]))
     assert np.array_equal(m2, m3) and m2[0] != m2[1]
+
+
+def test_defect5_one_miner_amplification_is_bounded_by_the_sum_range(publisher, miners) -> None:
+    """No per-miner range proof: a malicious miner can encrypt any word, and decryption only checks
+    |sum| <= n*max. The documented bound (docs/crypto.md, "Malicious values"): one miner can put up to
+    n*max - sum(others) on a coordinate (n*max when the others send 0), so it moves the mean by up to
+    max instead of max/n; anything beyond the sum range fails the whole round, never silently."""
+    n, max_abs, idx = 3, 16383, np.arange(2)
+    honest = [np.array([0, 0]) for _ in range(n - 1)]
+    evil = np.array([n * max_abs, n * max_abs + 1])  # coordinate 0 at the bound, coordinate 1 just past it
+    ys = [masked.encrypt(x, idx, TASK, ROUND, m.secret, publisher.public) for x, m in zip(honest, miners, strict=False)]
+    ys.append(masked.encrypt(evil, idx, TASK, ROUND, miners[n - 1].secret, publisher.public, max_abs=n * max_abs + 1))
+    key = masked.functional_key(publisher.secret, [m.public for m in miners[:n]], TASK, ROUND, idx)
+    with pytest.raises(DecryptionRangeError) as err:
+        masked.decrypt_sum(ys, key, n * max_abs)
+    assert err.value.positions.tolist() == [1]  # only the coordinate past n*max is caught
+    ys[-1] = masked.encrypt(evil - [0, 1], idx, TASK, ROUND, miners[n - 1].secret, publisher.public, max_abs=n * max_abs)
+    assert masked.decrypt_sum(ys, key, n * max_abs).tolist() == [n * max_abs, n * max_abs]  # n x an honest maximum
