@@ -113,8 +113,14 @@ def test_bad_submissions_are_rejected_with_reasons(tmp_path):
     sr.verify(plan, 0, content, {0})
     with pytest.raises(ReplyRejected, match="replay"):
         sr.verify(plan, 0, content, {0})
-    # defect 7 (first relay wins): node 1 relays miner 0's signed submission; the binding is the
-    # miner's own signature for node 0, so node 1 cannot claim the miner
+
+
+
+def test_defect7_a_relay_cannot_claim_a_miner(tmp_path):
+    """First relay no longer wins: node 1 relays miner 0's signed submission, but the binding is the
+    miner's own signature for node 0, so node 1 cannot claim the miner (nor can it omit the binding)."""
+    sr, ids, _ = make_round(tmp_path, "masked")
+    delta = np.full(D, 0.01, dtype=np.float32)
     plan5 = sr.plan(5, b"seed")
     _, relayed = submit(sr, plan5, ids[0], delta, node=0)
     with pytest.raises(ReplyRejected, match="binding is signed by"):
@@ -122,10 +128,12 @@ def test_bad_submissions_are_rejected_with_reasons(tmp_path):
     unbound = RecordDict({"submission": relayed["submission"]})
     with pytest.raises(ReplyRejected, match="no node binding"):
         sr.verify(plan5, 1, unbound, {1})
-    # a miner already bound to node 0 that signs for node 1 too is still refused (one node per miner)
-    _, moved = submit(sr, plan5, ids[0], delta, node=1)
+    sr.verify(plan5, 0, relayed, {0})  # from its own node the same reply is accepted
+    # a miner bound to node 0 that signs for node 1 too is still refused (one node per miner)
+    plan6 = sr.plan(6, b"seed")
+    _, moved = submit(sr, plan6, ids[0], delta, node=1)
     with pytest.raises(ReplyRejected, match="already answered from node 0"):
-        sr.verify(plan5, 1, moved, {1})
+        sr.verify(plan6, 1, moved, {1})
 
 
 def test_unregistered_miner_is_rejected(tmp_path):
