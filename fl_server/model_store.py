@@ -46,6 +46,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 HASH_RE = re.compile(r"[0-9a-f]{64}")
 ROUTE_RE = re.compile(r"/(models|specs)/([0-9a-f]{64})")
 SUFFIX = {"models": ".safetensors", "specs": ".json"}
+TOKEN_FILE_ENV = "MODELMINE_STORE_TOKEN_FILE"  # file with the upload token (the aggregator's environment)
 
 
 class BlobRejected(ValueError):
@@ -208,11 +209,14 @@ def serve(root: Path, host: str, port: int, max_bytes: int = DEFAULT_MAX_BYTES,
 
 
 def upload_blob(base_url: str, kind: str, data: bytes, token: str | None = None, timeout: float = 30.0) -> str:
-    """PUT ``data`` under its keccak hash; returns the hash hex. Raises BlobRejected on refusal."""
+    """PUT ``data`` under its keccak hash; returns the hash hex. Raises BlobRejected on refusal.
+    ``token`` defaults to the content of the file named by $MODELMINE_STORE_TOKEN_FILE (if set)."""
     if kind not in SUFFIX:
         raise BlobRejected(f"unknown blob kind {kind!r}")
     digest = keccak(data).hex()
     headers = {"Content-Type": "application/octet-stream"}
+    if token is None and os.environ.get(TOKEN_FILE_ENV):
+        token = Path(os.environ[TOKEN_FILE_ENV]).read_text().strip()
     if token:
         headers["Authorization"] = f"Bearer {token}"
     resp = requests.put(f"{base_url.rstrip('/')}/{kind}/{digest}", data=data, headers=headers, timeout=timeout)
