@@ -113,6 +113,9 @@ class ModelMineStrategy(FedAvg):
         self.rejections: list[tuple[int, str]] = []
         self.secure = secure
         self.chain = chain
+        # Called with each candidate's safetensors bytes before it is proposed on chain (deployment:
+        # upload to the model store so voters and auditors fetch exactly what is on chain).
+        self.candidate_sink: Callable[[bytes], None] | None = None
         self.secaggplus = secaggplus  # secagg=secaggplus: extra key/share/unmask stages (fl_server/secaggplus_round.py)
         if chain is not None and secure is None:
             raise ValueError("on-chain rounds need commitments: enable DGC or a secagg backend (secure round)")
@@ -241,7 +244,10 @@ class ModelMineStrategy(FedAvg):
         """Candidate block on chain, then the round's participants evaluate it, vote and reveal (signed);
         the votes and reveals are relayed in one batch. Returns the chain columns of the round."""
         assert self.chain is not None and self._plan is not None and self._global is not None
-        candidate_hash = model_hash(state_to_bytes(self._global))
+        candidate_bytes = state_to_bytes(self._global)
+        candidate_hash = model_hash(candidate_bytes)
+        if self.candidate_sink is not None:
+            self.candidate_sink(candidate_bytes)
         proposal = self.chain.propose(self._plan, self._accepted, candidate_hash)
         request = self.chain.vote_request(candidate_hash, self._plan.task_key)
         voters = {a.node_id: a.submission.address for a in self._accepted}
