@@ -1,8 +1,9 @@
 """Miners register themselves; the server only relays.
 
-1. ``query.register`` to every node: each miner answers with its address, secure-aggregation public
-   key and an EIP-191 signature (aggregator.registration). The server verifies the signature and binds
-   the node to that address (one node, one address).
+1. ``query.register`` to every node, before any task is published: each miner answers with its address,
+   secure-aggregation public key and an EIP-191 signature (aggregator.registration) bound to the task's
+   chain id. The server verifies the signature and binds the node to that address (one node, one
+   address). A miner whose keys are missing or malformed stops the run here, with its error quoted.
 2. With a chain: the server funds new addresses on dev chains only, asks each unregistered miner
    (``query.register_tx``) for a signed ``register(publicKey)`` transaction carrying its stake, checks
    that it is exactly that call from that miner, and broadcasts it unchanged. The stake is the miner's,
@@ -32,6 +33,12 @@ class EnrollmentError(RuntimeError):
     """A miner could not register (its error is quoted), or too few miners registered."""
 
 
+def _gist(reason: str) -> str:
+    """The exception line of a ClientApp's error (its reason may hold a whole traceback)."""
+    lines = [ln.strip() for ln in str(reason).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
 def _ask(grid: Grid, nodes: Sequence[int], action: str, config: dict[str, Any], timeout: float) -> list[Message]:
     messages = [
         Message(content=RecordDict({"config": ConfigRecord(dict(config))}), dst_node_id=node,
@@ -51,7 +58,7 @@ def collect_registrations(
     for reply in _ask(grid, nodes, "register", config, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            errors.append(f"miner node {node}: {reply.error.reason}")
+            errors.append(f"miner node {node}: {_gist(reply.error.reason)}")
             continue
         try:
             reg = Registration.from_config(reply.content["registration"])
@@ -106,7 +113,7 @@ def relay_onchain(
         reg = pending.get(node)
         try:
             if reg is None or reply.has_error():
-                raise RegistrationError(reply.error.reason if reply.has_error() else "unexpected reply")
+                raise RegistrationError(_gist(reply.error.reason) if reply.has_error() else "unexpected reply")
             raw = bytes.fromhex(str(reply.content["registration"]["raw-tx"]))
             check_register_tx(raw, reg, client.address, stake_wei)
             with chain._lock:  # one sender of transactions at a time on this client
@@ -124,14 +131,12 @@ def relay_onchain(
 
 
 def enroll(
-    grid: Grid, nodes: Sequence[int], base_config: dict[str, Any], *, session: ChainSession | None,
-    chain_id: int, stake_wei: int = 0, timeout: float = 120.0, fund_dev_accounts: bool = True,
+    grid: Grid, regs: dict[int, Registration], base_config: dict[str, Any], *, session: ChainSession | None,
+    stake_wei: int = 0, timeout: float = 120.0, fund_dev_accounts: bool = True,
 ) -> MinerRegistry:
-    """Registrations of ``nodes`` (signed by each miner), relayed on chain when there is one; returns the
-    registry (from the chain's events with a chain) with every node bound to its address."""
-    contract = session.client.address if session is not None else ""
-    chain_id = session.client.chain.chain_id if session is not None else chain_id
-    regs = collect_registrations(grid, nodes, base_config, chain_id, contract, timeout)
+    """The registry of the miners behind ``regs`` (from :func:`collect_registrations`, done before
+    anything is published): relayed on chain when there is one (the registry is then read back from
+    the chain's events), else the verified registrations themselves; every node bound to its address."""
     if session is not None:
         relay_onchain(grid, session, regs, base_config, stake_wei, timeout, fund_dev_accounts)
         registry = session.registry()

