@@ -345,3 +345,34 @@ def test_cli_refuses_a_bad_config_with_one_error_line(tmp_path, capsys):
     cfg.write_text("backend: nddfe\nhost: 0.0.0.0\nledger: x.sqlite\n")
     assert main(["serve", "--config", str(cfg)]) == 2
     assert "beyond loopback: set tls_cert" in capsys.readouterr().err
+
+
+def test_cli_config_builds_a_working_service(miners, tmp_path, monkeypatch):
+    """The documented config (local-test variant without a chain): secrets from files (0600) or env."""
+    from scripts.key_service import build
+
+    keys, addrs = miners
+    publisher = PublisherKeys.generate()
+    (tmp_path / "publisher.key").write_text(publisher.secret.hex())
+    (tmp_path / "publisher.key").chmod(0o600)
+    credential = new_credential()
+    monkeypatch.setenv("MODELMINE_KEY_SERVICE_CREDENTIAL", credential.hex())
+    (tmp_path / "miners.json").write_text(json.dumps({a: k.public.hex() for a, k in keys.items()}))
+    cfg = {
+        "backend": "masked", "threshold": 2, "port": 0, "ledger": str(tmp_path / "ledger.sqlite"),
+        "publisher_key_file": str(tmp_path / "publisher.key"), "miners_file": str(tmp_path / "miners.json"),
+        "allow_unverified_sets": True,
+    }
+    server, ledger = build(cfg)
+    serve_in_thread(server)
+    try:
+        client = RemoteKeyService(f"http://127.0.0.1:{server.server_address[1]}", credential, timeout=5)
+        assert client.functional_key(credential, TASK, ROUND, ATTEMPT, addrs[:2], np.arange(3))
+        assert ledger.lookup(TASK, ROUND, ATTEMPT).members == tuple(sorted(addrs[:2]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    (tmp_path / "publisher.key").chmod(0o644)
+    monkeypatch.delenv("MODELMINE_PUBLISHER_SECAGG_KEY", raising=False)
+    with pytest.raises(Exception, match="readable by others"):
+        build(cfg)
