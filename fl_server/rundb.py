@@ -48,6 +48,8 @@ from fl_server.events import Event, EventBus, jsonable
 log = logging.getLogger("modelmine.rundb")
 
 metadata = MetaData()
+OFFLINE = frozenset({"dropped", "offline"})  # node statuses that do not count as online (others: online,
+# active, probation, quarantined: connected, whatever the selection policy thinks of them)
 MAX_REASON = 1000  # characters of a rejection reason kept (tracebacks from the network are long)
 
 
@@ -351,7 +353,8 @@ class RunDB:
             "finished_rounds": last.round if last else 0,
             "accuracy": last.accuracy if last else None,
             "loss": last.loss if last else None,
-            "nodes": {"total": sum(counts.values()), "online": counts.get("online", 0), "by_status": counts},
+            "nodes": {"total": sum(counts.values()), "by_status": counts,
+                      "online": sum(n for status, n in counts.items() if status not in OFFLINE)},
             "task": dict(task._mapping) if task else None,
         })
 

@@ -165,7 +165,7 @@ def attach_dashboard(cfg: Any, out_dir: Path) -> DashboardHandle | None:
         server = DashboardServer(app, settings.host, int(settings.port))
         url = server.start()
         auth = "writes enabled (bearer token set)" if token else f"read-only (set {settings.token_env} to start/stop runs)"
-        print(f"dashboard: {url}  (API docs {url}docs; {auth}); database {db.url}")
+        print(f"dashboard: {url}  (API docs {url}docs; {auth}); database {db.url}", flush=True)
     handle = DashboardHandle(run_id, db, server, float(settings.linger_s))
     atexit.register(handle.close)
     return handle

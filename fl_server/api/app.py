@@ -28,7 +28,9 @@ from starlette.exceptions import HTTPException
 from fl_server.api.runs import REPO_ROOT, RunConflict, RunManager, RunRequest, config_options
 from fl_server.rundb import RunDB
 
-DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
+# the static files; a Flower App bundle copies only the Python sources, so fall back to the checkout
+DASHBOARD_DIR = next((d for d in (Path(__file__).resolve().parents[1] / "dashboard", REPO_ROOT / "fl_server" / "dashboard")
+                      if (d / "index.html").is_file()), REPO_ROOT / "fl_server" / "dashboard")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 STREAM_POLL_S = 0.5
 HEARTBEAT_S = 15.0

@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fl_server.data_prep import REPO_ROOT  # the checkout, also when running from a Flower App bundle copy
 from fl_server.rundb import RunDB, new_run_id
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 
 
