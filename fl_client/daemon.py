@@ -153,6 +153,7 @@ class MinerDaemon:
                     self._finish(record, task)
                     continue
                 log.info("resuming task %d", record.task_id)
+                reap_orphans(record.child_pids)
                 self._start_processes(record, task)
 
     # -- one tick ------------------------------------------------------------------------------
@@ -207,6 +208,7 @@ class MinerDaemon:
         run.processes.poll()
         if run.processes.restarts != run.record.supernode_restarts:
             run.record.supernode_restarts = run.processes.restarts
+            run.record.child_pids = run.processes.pids()
             self.store.save(self.state)
         self._reveal_if_needed(run)
 
@@ -280,6 +282,7 @@ class MinerDaemon:
         key = task_key(Domain(self.chain.chain_id, self.client.address), record.task_id, publisher)
         procs.start()
         record.status = "running"
+        record.child_pids = procs.pids()
         self.store.save(self.state)
         self.running[record.task_id] = Running(record, procs, task, key)
 
@@ -339,6 +342,22 @@ class MinerDaemon:
             log.warning("task %d round %d: direct reveal failed: %s", run.record.task_id, round_, exc)
         run.record.reveals_sent.append(round_)
         self.store.save(self.state)
+
+
+def reap_orphans(pids: list[int]) -> None:
+    """Stop SuperNodes / app guards a killed daemon left behind (only processes whose command line is
+    one of ours: a PID reused by another program is left alone)."""
+    import os
+
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"flower-supernode" in cmdline or b"fl_client.app_guard" in cmdline:
+            log.info("stopping pid %d left by a previous daemon", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
 
 
 def identity_or_error(folder: Path) -> MinerIdentity:

@@ -34,6 +34,7 @@ class TaskRecord:
     reveals_sent: list[int] = field(default_factory=list)  # rounds this miner revealed itself
     rewards_claimed_wei: int = 0
     supernode_restarts: int = 0
+    child_pids: list[int] = field(default_factory=list)  # SuperNode and app guard, to reap after a crash
 
 
 @dataclass

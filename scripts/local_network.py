@@ -114,8 +114,13 @@ class Network:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or child_env(),
                                     start_new_session=True, cwd=str(REPO))
         self.pids[name] = proc.pid
+        self.info.setdefault("argv", {})[name] = argv
         self.save()
         return proc
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start ``name`` again with the argv it was first started with (daemons resume from their state)."""
+        return self.spawn(name, list(self.info["argv"][name]))
 
     def log_tail(self, name: str, lines: int = 15) -> str:
         path = self.run_dir / "logs" / f"{name}.log"
@@ -182,7 +187,8 @@ def snapshot_app(dest: Path) -> str:
 # ---------------------------------------------------------------------------------------------- up
 
 
-def up(args: argparse.Namespace) -> dict[str, Any]:
+def start(args: argparse.Namespace) -> Started:
+    """Bring the whole network up and launch the run (steps 0-8 of the module docstring)."""
     from eth_account import Account
 
     from aggregator.secagg import AggregatorKeys, PublisherKeys
@@ -365,15 +371,33 @@ def up(args: argparse.Namespace) -> dict[str, Any]:
     net.save()
     say(f"run launched: flwr run {app_dir.name} local-deployment (logs {run_dir / 'logs'})")
     say(f"stop everything with: python scripts/local_network.py down --run-dir {run_dir}")
-    result: dict[str, Any] = {"run_dir": str(run_dir), "task_id": task_id, "contract": client.address}
+    return Started(net, client, task_id, miners, t_start)
+
+
+@dataclass
+class Started:
+    """A network that ``start`` brought up (handles for ``follow`` and for tests)."""
+
+    net: Network
+    client: Any
+    task_id: int
+    miners: list[dict[str, Any]]
+    t_start: float
+
+
+def up(args: argparse.Namespace) -> dict[str, Any]:
+    """``start``; with ``--wait`` also ``follow`` to the end, write ``--json`` and stop the network."""
+    started = start(args)
+    result: dict[str, Any] = {"run_dir": str(started.net.run_dir), "task_id": started.task_id,
+                              "contract": started.client.address}
     if args.wait:
-        result |= follow(net, client, task_id, miners, args, t_start)
+        result |= follow(started.net, started.client, started.task_id, started.miners, args, started.t_start)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=2))
-            say(f"wrote {args.json}")
+            print(f"wrote {args.json}")
         if not args.keep:
-            down_network(net)
+            down_network(started.net)
     return result
 
 
@@ -588,7 +612,7 @@ def latest_run_dir() -> Path | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     u = sub.add_parser("up", help="start a local network and launch one task")
@@ -615,7 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--timeout", type=float, default=1800, help="--wait gives up after this many seconds")
     d = sub.add_parser("down", help="stop what `up` started (by PID)")
     d.add_argument("--run-dir", help="the network's folder (default: the latest one)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "up":
         if args.miners < 2 or args.rounds < 1:
             print("error: --miners must be >= 2 (secure aggregation needs t >= 2) and --rounds >= 1", file=sys.stderr)
