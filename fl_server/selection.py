@@ -11,7 +11,8 @@ Policies (``conf/selection/<name>.yaml``, built by :func:`build_selector`):
   floor); the rest are drawn, with probability proportional to the score, among miners scoring at
   least ``cutoff`` x the k-th best score. ``T`` is the ``preferred_quantile`` of the known
   durations (or ``preferred_duration_s``), times a pacer factor that grows by ``pacer_step`` when
-  the utility collected over the last ``pacer_window`` rounds stops growing.
+  the utility collected over the last ``pacer_window`` rounds is flat (within 10% of the window
+  before; at most ``pacer_max_factor``), and shrinks back when it jumps 5x.
 - ``oort_reputation``: ``oort`` with scores multiplied by ``reputation ** reputation_weight``
   (reliability from the timeout/drop history times the on-chain standing), and quarantine.
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -187,6 +188,7 @@ class OortConfig:
     cutoff: float = 0.95  # exploit among scores >= cutoff x the k-th best
     pacer_window: int = 5
     pacer_step: float = 0.2  # T grows by this fraction when utility plateaus
+    pacer_max_factor: float = 2.0  # T never grows beyond this multiple of its base
     reputation_weight: float = 0.0  # score x reputation ** weight (0 = off)
     quarantine_after: int = 0  # consecutive failures; 0 = never quarantine
     quarantine_rounds: int = 5
@@ -201,7 +203,8 @@ class OortConfig:
             (0 <= self.epsilon_min <= self.epsilon <= 1, "need 0 <= epsilon_min <= epsilon <= 1"),
             (0 < self.epsilon_decay <= 1, "epsilon_decay must be in (0, 1]"),
             (0 < self.cutoff <= 1, "cutoff must be in (0, 1]"),
-            (self.pacer_window >= 1 and self.pacer_step >= 0, "pacer_window >= 1 and pacer_step >= 0"),
+            (self.pacer_window >= 1 and self.pacer_step >= 0 and self.pacer_max_factor >= 1,
+             "pacer_window >= 1, pacer_step >= 0, pacer_max_factor >= 1"),
             (self.quarantine_after >= 0 and self.quarantine_rounds >= 1, "quarantine_after >= 0, quarantine_rounds >= 1"),
             (self.probation_slots >= 1 and self.probation_successes >= 1, "probation_slots, probation_successes >= 1"),
             (self.fairness_rounds >= 0 and self.reputation_weight >= 0, "fairness_rounds, reputation_weight >= 0"),
@@ -341,10 +344,8 @@ class OortSelector:
             pool = [n for n in ordered if scored[n][0] >= c.cutoff * kth]
             if len(pool) < n_exploit:
                 pool = ordered[: max(n_exploit, len(pool))]
-            picks = self._weighted_sample(pool, [scored[n][0] for n in pool], rng, n_exploit,
-                                          lambda n: probation_blocked(n))
-            for n in picks:
-                take(n, f"exploit: score {scored[n][0]:.3f} = {scored[n][1]}")
+            self._weighted_draw(pool, [scored[n][0] for n in pool], rng, n_exploit, lambda n: not probation_blocked(n),
+                                lambda n: take(n, f"exploit: score {scored[n][0]:.3f} = {scored[n][1]}"))
         # 3. exploration among never-heard-from miners (plus any exploitation shortfall)
         if len(chosen) < k and unexplored:
             for i in rng.permutation(len(unexplored)):
@@ -377,21 +378,20 @@ class OortSelector:
         return chosen
 
     @staticmethod
-    def _weighted_sample(pool: list[int], weights: list[float], rng: np.random.Generator, n: int,
-                         blocked: Any) -> list[int]:
-        """Draw up to ``n`` distinct nodes, probability proportional to weight (uniform if all 0)."""
-        pool, w = list(pool), np.asarray(weights, dtype=float)
-        w = np.where(w > 0, w, 0.0)
-        out: list[int] = []
-        while pool and len(out) < n:
+    def _weighted_draw(pool: list[int], weights: list[float], rng: np.random.Generator, n: int,
+                       allowed: Callable[[int], bool], take: Callable[[int], None]) -> None:
+        """Take up to ``n`` distinct allowed nodes, probability proportional to weight (uniform if all 0);
+        ``allowed`` is asked at draw time (a probation slot may fill up during the draw)."""
+        pool, w = list(pool), np.where(np.asarray(weights, dtype=float) > 0, np.asarray(weights, dtype=float), 0.0)
+        taken = 0
+        while pool and taken < n:
             p = w / w.sum() if w.sum() > 0 else np.full(len(pool), 1 / len(pool))
             i = int(rng.choice(len(pool), p=p))
             node = pool.pop(i)
             w = np.delete(w, i)
-            if blocked(node):
-                continue
-            out.append(node)
-        return out
+            if allowed(node):
+                take(node)
+                taken += 1
 
     # -- feedback ---------------------------------------------------------------------------------
     def observe(self, feedback: RoundFeedback) -> None:
@@ -422,7 +422,7 @@ class OortSelector:
         if len(self._round_utility) >= 2 * w and len(self._round_utility) % w == 0:
             recent, before = sum(self._round_utility[-w:]), sum(self._round_utility[-2 * w:-w])
             if abs(recent - before) <= 0.1 * before:  # collected utility is flat: relax T
-                self.pacer_factor *= 1 + c.pacer_step
+                self.pacer_factor = min(c.pacer_max_factor, self.pacer_factor * (1 + c.pacer_step))
                 log.info("round %d: pacer relaxes T (factor %.2f)", r, self.pacer_factor)
             elif recent >= 5 * before and self.pacer_factor > 1:  # utility jumped: tighten again
                 self.pacer_factor = max(1.0, self.pacer_factor / (1 + c.pacer_step))
