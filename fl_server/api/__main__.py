@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fl_server.api import DashboardConfigError, DashboardSettings, check_port_free, load_token
+from fl_server.api.app import create_app, load_publisher_profile
 from fl_server.rundb import RunDB
 
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-env", default="MODELMINE_API_TOKEN", help="env var holding the bearer token")
     parser.add_argument("--token-file", default="", help="file holding the bearer token (first line)")
     parser.add_argument("--runs-dir", default="", help="where runs started from the API write (default: next to the db)")
+    parser.add_argument("--publisher-profile", default="",
+                        help="JSON naming the deployment POST /api/tasks publishes to (docs/dashboard.md)")
     args = parser.parse_args(argv)
     try:
         if "://" not in args.db and not Path(args.db).parent.is_dir():
@@ -28,17 +31,17 @@ def main(argv: list[str] | None = None) -> int:
                                      token_file=args.token_file)
         token = load_token(settings)
         check_port_free(args.host, args.port)
+        profile = load_publisher_profile(Path(args.publisher_profile)) if args.publisher_profile else None
         db = RunDB.open(args.db)
-    except (DashboardConfigError, OSError) as exc:
+    except (DashboardConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
-    from fl_server.api.app import create_app
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else (
         Path(args.db).resolve().parent / "api_runs" if "://" not in args.db else Path("outputs") / "api_runs")
-    app = create_app(db, token=token, runs_dir=runs_dir)
+    app = create_app(db, token=token, runs_dir=runs_dir, publisher_profile=profile)
     auth = "writes enabled" if token else f"read-only (set {args.token_env} to start/stop runs)"
     print(f"dashboard: http://{args.host}:{args.port}/  (API docs /docs; {auth}); database {db.url}", flush=True)
     try:

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,36 @@ DASHBOARD_DIR = next((d for d in (Path(__file__).resolve().parents[1] / "dashboa
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 STREAM_POLL_S = 0.5
 HEARTBEAT_S = 15.0
+PUBLISH_TIMEOUT_S = 180
+PROFILE_KEYS = ("rpc_url", "contract", "store_url", "aggregator", "aggregator_secagg_public",
+                "publisher_secagg_public", "publisher_key_file")
 CHAIN_TABLES = ("blocks", "votes", "reveals", "rewards", "stakes", "transactions", "submissions")
+
+
+def load_publisher_profile(path: Path) -> dict[str, str]:
+    """A publisher profile: JSON object with ``PROFILE_KEYS`` (and optional ``store_token_file``) naming
+    the deployment scripts/publish_task.py publishes to. Raises ValueError naming what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read publisher profile {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"publisher profile {path} must be a JSON object")
+    missing = [k for k in PROFILE_KEYS if not isinstance(data.get(k), str) or not data[k]]
+    if missing:
+        raise ValueError(f"publisher profile {path} lacks {', '.join(missing)}")
+    if not Path(data["publisher_key_file"]).is_file():
+        raise ValueError(f"publisher profile {path}: publisher_key_file {data['publisher_key_file']} does not exist")
+    return {k: str(v) for k, v in data.items()}
+
+
+def profile_args(profile: dict[str, str], secret_out: Path) -> list[str]:
+    """publish_task.py flags for the deployment of ``profile`` (the key stays in its file)."""
+    args = [f"--{key.replace('_', '-')}" if i % 2 == 0 else profile[key]
+            for key in PROFILE_KEYS for i in range(2)]
+    if profile.get("store_token_file"):
+        args += ["--store-token-file", profile["store_token_file"]]
+    return args + ["--secret-out", str(secret_out)]
 
 
 class ApiError(HTTPException):
@@ -56,12 +86,15 @@ class TaskRequest(BaseModel):
 
 
 def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None,
-               publisher_script: Path | None = None, loopback: frozenset[str] = LOOPBACK) -> FastAPI:
-    """Build the API over ``db``. ``token`` guards writes; ``runs_dir`` is where started runs write."""
+               publisher_script: Path | None = None, publisher_profile: dict[str, str] | None = None,
+               loopback: frozenset[str] = LOOPBACK) -> FastAPI:
+    """Build the API over ``db``. ``token`` guards writes; ``runs_dir`` is where started runs write;
+    ``publisher_profile`` (see :func:`load_publisher_profile`) lets POST /api/tasks publish on chain."""
     app = FastAPI(title="ModelMine API", version="1", description="Runs, rounds, nodes, chain, live stream.")
     runs_dir = Path(runs_dir) if runs_dir is not None else REPO_ROOT / "outputs" / "api_runs"
     manager = RunManager(db, runs_dir)
     publisher = publisher_script if publisher_script is not None else REPO_ROOT / "scripts" / "publish_task.py"
+    profile = publisher_profile
     app.state.db, app.state.manager = db, manager
 
     # -- errors -------------------------------------------------------------------------------
@@ -195,7 +228,7 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
         """Choices and defaults of the run and task forms."""
         groups = ("dataset", "model", "secagg", "chain", "strategy", "selection")
         return {"choices": {g: config_options(g) for g in groups}, "run_defaults": RunRequest().model_dump(),
-                "publisher_available": publisher.is_file()}
+                "publisher_available": publisher.is_file() and profile is not None}
 
     # -- rounds and metrics -----------------------------------------------------------------------
     @app.get("/api/rounds", tags=["rounds"])
@@ -346,34 +379,47 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
 
     @app.post("/api/tasks", tags=["tasks"], status_code=202, dependencies=auth)
     def publish_task(request: TaskRequest) -> JSONResponse:
-        """Record the request, then publish it with scripts/publish_task.py when that script exists."""
+        """Record the request, then publish it on chain with scripts/publish_task.py and the configured
+        publisher profile (501 when either is missing: the request stays recorded as ``unpublished``)."""
         if request.dataset not in config_options("dataset"):
             raise ApiError(422, f"invalid request: dataset '{request.dataset}' is not one of {config_options('dataset')}")
         if request.model not in config_options("model"):
             raise ApiError(422, f"invalid request: model '{request.model}' is not one of {config_options('model')}")
-        details = request.model_dump() | {"reward_pool_wei": int(request.reward_eth * 10**18)}
-        row_id = db.add_task_request(details)
+        reward_wei = int(Decimal(str(request.reward_eth)) * 10**18)
+        row_id = db.add_task_request(request.model_dump() | {"reward_pool_wei": reward_wei})
+        missing = None
         if not publisher.is_file():
+            missing = f"the publisher script {publisher} is not installed"
+        elif profile is None:
+            missing = ("no publisher profile is configured (python -m fl_server.api --publisher-profile FILE; "
+                       "see docs/dashboard.md)")
+        if missing is not None:
             db.set_task_row(row_id, status="unpublished")
-            return JSONResponse({"error": "task recorded but not published: the publisher "
-                                 f"({publisher.relative_to(REPO_ROOT) if publisher.is_relative_to(REPO_ROOT) else publisher})"
-                                 " is not installed", "status": 501, "task": row_id}, 501)
-        argv = [sys.executable, str(publisher), "--dataset", request.dataset, "--model", request.model,
-                "--rounds", str(request.rounds), "--reward-eth", str(request.reward_eth),
-                "--deadline-hours", str(request.deadline_hours), "--target-accuracy", str(request.target_accuracy)]
+            return JSONResponse({"error": f"task recorded but not published: {missing}", "status": 501,
+                                 "task": row_id}, 501)
+        assert profile is not None
+        out = runs_dir / "tasks" / f"task-{row_id}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, str(publisher), "publish", *profile_args(profile, out.parent / f"task-{row_id}.secret.json"),
+                "--dataset", request.dataset, "--model", request.model, "--rounds", str(request.rounds),
+                "--reward-wei", str(reward_wei), "--duration-s", str(int(request.deadline_hours * 3600)),
+                "--target-accuracy", str(request.target_accuracy), "--json", str(out)]
         try:
-            proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=PUBLISH_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             db.set_task_row(row_id, status="failed")
-            return JSONResponse({"error": "the publisher did not answer within 120 s", "status": 504,
+            return JSONResponse({"error": f"the publisher did not finish within {PUBLISH_TIMEOUT_S} s", "status": 504,
                                  "task": row_id}, 504)
-        if proc.returncode != 0:
+        if proc.returncode != 0 or not out.is_file():
             db.set_task_row(row_id, status="failed")
             lines = (proc.stderr or proc.stdout).strip().splitlines()
-            return JSONResponse({"error": f"publisher failed: {lines[-1] if lines else proc.returncode}",
+            return JSONResponse({"error": f"publisher failed: {lines[-1] if lines else f'exit {proc.returncode}'}",
                                  "status": 502, "task": row_id}, 502)
-        db.set_task_row(row_id, status="published")
-        return JSONResponse({"task": row_id, "status": "published", "output": proc.stdout[-2000:]}, 202)
+        result = json.loads(out.read_text())
+        db.set_task_row(row_id, status="published", task_id=result.get("task_id"), model_hash=result.get("model_hash"),
+                        contract=profile["contract"], details=request.model_dump() | {"published": result})
+        return JSONResponse({"task": row_id, "status": "published", "task_id": result.get("task_id"),
+                             "model_hash": result.get("model_hash")}, 202)
 
     # -- events: JSON page and live stream ------------------------------------------------------
     @app.get("/api/events", tags=["events"])

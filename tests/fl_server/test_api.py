@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from fl_server.api.app import create_app
+from fl_server.api.app import create_app, load_publisher_profile
 from fl_server.api.runs import RunRequest
 from fl_server.rundb import RunDB
 from tests.fl_server.test_rundb import ADDR_A, ADDR_B, feed
@@ -160,16 +161,58 @@ def test_publish_task_bad_input(client: TestClient, body: dict[str, Any], fragme
     assert all(t["source"] == "chain" for t in client.get("/api/tasks").json())  # nothing recorded
 
 
-def test_publish_task_with_a_publisher_script(db: RunDB, tmp_path: Path) -> None:
+PUBLISHER = """
+import json, sys
+args = sys.argv[1:]
+flag = lambda name: args[args.index(name) + 1]
+assert args[0] == "publish" and flag("--contract") == "0xC0" and flag("--publisher-key-file").endswith("eth.key")
+if flag("--dataset") == "mnist":
+    print("error: chain is down", file=sys.stderr)
+    sys.exit(2)
+json.dump({"task_id": 9, "model_hash": "0x77", "reward_wei": flag("--reward-wei")}, open(flag("--json"), "w"))
+"""
+
+
+def profile(tmp_path: Path) -> dict[str, str]:
+    key = tmp_path / "eth.key"
+    key.write_text("00" * 32)
+    return {"rpc_url": "http://127.0.0.1:1", "contract": "0xC0", "store_url": "http://127.0.0.1:2",
+            "aggregator": "0xA0", "aggregator_secagg_public": "02" + "11" * 32,
+            "publisher_secagg_public": "03" + "22" * 32, "publisher_key_file": str(key)}
+
+
+def test_publish_task_with_the_publisher_script(db: RunDB, tmp_path: Path) -> None:
     script = tmp_path / "publish_task.py"
-    script.write_text("import sys\nprint('published task 3 with', ' '.join(sys.argv[1:]))\n")
+    script.write_text(PUBLISHER)
     client = client_for(db, tmp_path, publisher=script)
+    assert "no publisher profile" in error_of(client.post("/api/tasks", json=task_body(), headers=AUTH), 501)
+    app = create_app(db, token=TOKEN, runs_dir=tmp_path / "runs", publisher_script=script,
+                     publisher_profile=profile(tmp_path))
+    client = TestClient(app, client=LOCAL)
     response = client.post("/api/tasks", json=task_body(), headers=AUTH)
-    assert response.status_code == 202 and "--reward-eth 2.5" in response.json()["output"]
-    script.write_text("import sys\nprint('error: chain is down', file=sys.stderr)\nsys.exit(2)\n")
-    assert "chain is down" in error_of(client.post("/api/tasks", json=task_body(), headers=AUTH), 502)
+    assert response.status_code == 202, response.text
+    assert response.json()["task_id"] == 9
+    row = client.get(f"/api/tasks/{response.json()['task']}").json()
+    assert (row["status"], row["task_id"], row["contract"]) == ("published", 9, "0xC0")
+    assert row["details"]["published"]["reward_wei"] == str(25 * 10**17)
+    assert "chain is down" in error_of(client.post("/api/tasks", json=task_body(dataset="mnist"), headers=AUTH), 502)
     statuses = sorted(t["status"] for t in client.get("/api/tasks").json() if t["source"] == "request")
-    assert statuses == ["failed", "published"]
+    assert statuses == ["failed", "published", "unpublished"]
+
+
+def test_publisher_profile_validation(tmp_path: Path) -> None:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile(tmp_path)))
+    assert load_publisher_profile(path)["contract"] == "0xC0"
+    path.write_text(json.dumps({**profile(tmp_path), "contract": ""}))
+    with pytest.raises(ValueError, match="lacks contract"):
+        load_publisher_profile(path)
+    path.write_text(json.dumps({**profile(tmp_path), "publisher_key_file": str(tmp_path / "nope")}))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_publisher_profile(path)
+    path.write_text("[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_publisher_profile(path)
 
 
 # -- auth -------------------------------------------------------------------------------------------
