@@ -270,7 +270,8 @@ class MinerDaemon:
         settings = SuperNodeSettings(settings.superlink, settings.runtime_port + 2 * slot, settings.insecure,
                                      settings.root_certificates, settings.auth_private_key, settings.max_retries)
         node_config: dict[str, str | int] = {"data-dir": str(self.cfg.data_dir.resolve()),
-                                             "key-dir": str(self.cfg.miner_dir.resolve()),
+                                             "key-dir": str((self.cfg.miner_dir / "keys").resolve()),
+                                             "task-spec-hash": task.metadata_hash.hex(),  # the only spec it trusts
                                              "num-threads": self.cfg.threads}
         procs = TaskProcesses(record.task_id, settings, node_config, self.cfg.allowed_fab_hashes,
                               self.cfg.miner_dir / "logs", self.cfg.supernode_backoff_s,

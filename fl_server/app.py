@@ -47,6 +47,8 @@ from fl_server.chain_round import ChainSession, open_session
 from fl_server.checkpoint import Checkpoint, CheckpointStore, ServerSecrets
 from fl_server.config_check import ConfigError, check_config
 from fl_server.data_prep import REPO_ROOT, PartitionConfig, is_prepared, prepare, server_test_path
+from fl_server.deployment import attach as attach_deployment
+from fl_server.deployment import enabled as deployment_enabled
 from fl_server.enrollment import collect_registrations, enroll
 from fl_server.evaluation import ServerEvaluator
 from fl_server.key_service import PublisherKeyService, RemoteKeyService
@@ -344,18 +346,24 @@ def serve(grid: Grid, cfg: DictConfig, run_dir: Path, echo: Callable[[str], None
         f"({num_parameters(initial):,} parameters), {cfg.rounds} rounds; initial accuracy {initial_accuracy * 100:.2f}%"
     )
     secrets = ServerSecrets.load_or_create(run_dir / "server_keys", resume=resume_from is not None)
+    deployment = None
+    if deployment_enabled(cfg):  # a task published by someone else (scripts/local_network.py, docs/network.md)
+        deployment = attach_deployment(cfg, initial.state_dict(), float(cfg.task.vote_tolerance))
+        secrets = deployment.secrets  # type: ignore[assignment]  # no publisher secret in this process
     nodes = wait_for_nodes(grid, int(cfg.selection.min_available) or int(cfg.num_miners), float(cfg.strategy.round_timeout_s))
     timeout = float(cfg.strategy.round_timeout_s)
     regs = collect_registrations(grid, nodes, locator_config(part, root), int(cfg.task.chain_id), "", timeout)
-    session = open_chain(cfg, initial, part, secrets, resume_from)
+    session = deployment.session if deployment is not None else open_chain(cfg, initial, part, secrets, resume_from)
     if session is not None:
         echo(f"chain {cfg.chain.backend}: task {session.task_id} on {session.client.address}")
     registry = enroll(
         grid, regs, locator_config(part, root), session=session,
         stake_wei=int(cfg.chain.get("stake_wei", 0) or 0), timeout=timeout,
-        fund_dev_accounts=session is not None and str(cfg.chain.backend) in ("embedded", "rpc"),
+        fund_dev_accounts=deployment is None and session is not None and str(cfg.chain.backend) in ("embedded", "rpc"),
     )
     secure = build_secure_round(cfg, initial, registry, session, secrets) if secure_mode(cfg) else None
+    if deployment is not None and secure is not None:
+        deployment.pin(secure)  # announce exactly the published spec (miners trust only its hash)
     strategy = ModelMineStrategy(
         selector=build_selector(cfg, download_bytes=4 * num_parameters(initial)),
         server_optimizer=ServerOptimizer(lr=float(cfg.strategy.server_lr), momentum=float(cfg.strategy.server_momentum)),
@@ -364,6 +372,8 @@ def serve(grid: Grid, cfg: DictConfig, run_dir: Path, echo: Callable[[str], None
         chain=session,
         secaggplus=build_secaggplus(cfg, secure),
     )
+    if deployment is not None:
+        strategy.candidate_sink = deployment.upload_candidate  # voters and auditors fetch what is on chain
     if resume_from is not None:
         resume_from.restore(strategy, secure)
     crash_after = int(cfg.debug.crash_after_round)

@@ -73,6 +73,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    env["MODELMINE_ROOT"] = str(REPO)  # the ServerApp/ClientApp run from an extracted FAB copy
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if extra:
         env.update(extra)
