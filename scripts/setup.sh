@@ -39,4 +39,10 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
     || echo "[setup] dataset-fashion-mnist not installed; dataset=fashion_mnist will be unavailable"
 fi
 
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "[setup] installing Debian chromium (the dashboard's browser test drives it with Playwright)"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
+    || echo "[setup] chromium not installed; tests/browser will be skipped"
+fi
+
 echo "[setup] done"
