@@ -36,7 +36,9 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aggregator.datasets import get_spec  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+from aggregator.datasets import get_spec, normalize  # noqa: E402
 from aggregator.models import ModelSpec, build_model, flatten_state, num_parameters, unflatten_like  # noqa: E402
 from aggregator.torch_eval import evaluate, make_loader  # noqa: E402
 from fl_client.data import load_local_data  # noqa: E402
@@ -63,9 +65,6 @@ def load_federation(args: argparse.Namespace) -> tuple[list[Any], Any, ModelSpec
         prepare(root, part)
     miners = [load_local_data(miner_dir(root, part, i), args.dataset).train for i in range(args.miners)]
     images, labels = load_test_set(server_test_path(root, args.dataset))
-    from aggregator.datasets import normalize
-    from torch.utils.data import TensorDataset
-
     test = TensorDataset(torch.from_numpy(normalize(images, get_spec(args.dataset))), torch.from_numpy(labels))
     ds = get_spec(args.dataset)
     spec = ModelSpec("mlp", {"in_channels": ds.in_channels, "image_size": ds.image_size, "num_classes": ds.num_classes})
@@ -196,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = run_policy(label, policy, local_work, args, miners, test_loader, spec, out)
         rows.append(row)
-        print(f"  {label}: done in {row['bench_wall_s']} s (real)", flush=True)
+        print(f"  {label}: time to target {row['time_to_target_s']} s (sim), final {row['final_accuracy']:.4f}, "
+              f"mean round {row['mean_round_s']} s (sim), {row['timeouts']} timeouts; {row['bench_wall_s']} s real",
+              flush=True)
+        (out / "rows.json").write_text(json.dumps(rows, indent=2))
     base = next((r for r in rows if r["policy"] == "random"), None)
     print(f"\n{args.miners} miners, {args.per_round}/round, {args.network} network, Dirichlet {args.alpha}, "
           f"{args.rounds} rounds, target {args.target:.0%}")
