@@ -200,6 +200,8 @@ class RunDB:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._version = 0  # bumped by every write through this object (other processes write events)
+        self._status_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     @classmethod
     def open(cls, url_or_path: str | Path) -> RunDB:
@@ -228,21 +230,29 @@ class RunDB:
             handler = _HANDLERS.get(ev.kind)
             if handler is not None:
                 handler(conn, run_id, payload, ev.ts)
+        self._version += 1
         return int(event_id)
 
     def start_run(self, run_id: str, **fields: Any) -> None:
         """Insert the run row (status running) unless it exists."""
         with self.engine.begin() as conn:
             _start_run(conn, run_id, jsonable(fields), time.time())
+        self._version += 1
 
     def finish_run(self, run_id: str, status: str, error: str | None = None,
                    final_accuracy: float | None = None) -> None:
-        """Close a run that is still marked running (the API does this when a run process dies)."""
+        """Close a run that is still marked running (the API does this when a run process dies); the
+        change is also stored as a ``run_finished`` event, so live clients and other processes see it."""
+        now = time.time()
         with self.engine.begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 update(runs).where(and_(runs.c.id == run_id, runs.c.status == "running"))
-                .values(status=status, finished_at=time.time(), error=error, final_accuracy=final_accuracy)
-            )
+                .values(status=status, finished_at=now, error=error, final_accuracy=final_accuracy)
+            ).rowcount
+            if changed:
+                conn.execute(insert(events).values(run_id=run_id, kind="run_finished", ts=now, payload=jsonable(
+                    {"status": status, "error": error, "final_accuracy": final_accuracy})))
+        self._version += 1
 
     def add_task_request(self, details: dict[str, Any]) -> int:
         """Record a task a user asked to publish (status ``requested``); returns its row id."""
@@ -254,11 +264,13 @@ class RunDB:
                 reward_pool_wei=_wei(details.get("reward_pool_wei")), created_at=now, updated_at=now,
                 details=jsonable(details),
             ))
-            return int(result.inserted_primary_key[0])
+        self._version += 1
+        return int(result.inserted_primary_key[0])
 
     def set_task_row(self, row_id: int, **values: Any) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(tasks).where(tasks.c.id == row_id).values(updated_at=time.time(), **values))
+        self._version += 1
 
     # -- reading ------------------------------------------------------------------------------
     def _all(self, statement: Any) -> list[dict[str, Any]]:
@@ -334,6 +346,23 @@ class RunDB:
 
     def columns(self, name: str) -> set[str]:
         return set(TABLES[name].c.keys())
+
+    def status(self, run_id: str | None = None) -> dict[str, Any]:
+        """/api/status's body for ``run_id`` (default: the latest run), recomputed only when an event was
+        stored (by any process) or this object wrote since the last call: one cheap query otherwise."""
+        last = self.last_event_id()
+        key = (run_id, last, self._version)
+        cached = self._status_cache
+        if cached is not None and cached[0] == key:
+            return dict(cached[1])
+        out: dict[str, Any] = {"run": None, "round": 0, "rounds": None, "finished_rounds": 0, "accuracy": None,
+                               "loss": None, "nodes": {"total": 0, "online": 0, "by_status": {}}, "task": None}
+        rid = run_id or self.latest_run_id()
+        if rid is not None:
+            out.update(self.run_status(rid))
+        out["last_event_id"] = last
+        self._status_cache = (key, out)
+        return dict(out)
 
     def run_status(self, run_id: str) -> dict[str, Any]:
         """What /api/status shows for one run: a few indexed queries, no full scans of big tables."""

@@ -169,15 +169,11 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
     @app.get("/api/status", tags=["status"])
     def status(run_id: str | None = None) -> dict[str, Any]:
         """The current (or given) run: status, round progress, last metrics, nodes, managed process."""
-        rid = run_or_latest(run_id)
-        active = manager.active()
-        out: dict[str, Any] = {"run": None, "round": 0, "rounds": None, "accuracy": None, "loss": None,
-                               "nodes": {"total": 0, "online": 0}, "managed_run": active,
-                               "last_event_id": db.last_event_id(), "writes_enabled": bool(token)}
-        if rid is None:
-            return out
-        summary = db.run_status(rid)
-        out.update(summary)
+        out = db.status(run_id)
+        if run_id and out["run"] is None:
+            raise ApiError(404, f"no run '{run_id}'; list runs at /api/runs")
+        out["managed_run"] = manager.active()
+        out["writes_enabled"] = bool(token)
         return out
 
     # -- runs ---------------------------------------------------------------------------------

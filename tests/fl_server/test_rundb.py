@@ -155,3 +155,17 @@ def test_bad_dashboard_settings_fail_before_work(tmp_path: Path, monkeypatch: py
         load_token(DashboardSettings(token_env="MM_TEST_TOKEN", token_file=str(tmp_path / "missing")))
     (tmp_path / "tok").write_text("t" * 20 + "\n")
     assert load_token(DashboardSettings(token_env="MM_TEST_TOKEN", token_file=str(tmp_path / "tok"))) == "t" * 20
+
+
+def test_status_cache_sees_writes_of_other_processes(tmp_path: Path) -> None:
+    reader, writer = RunDB.open(tmp_path / "run.db"), RunDB.open(tmp_path / "run.db")  # two connections, like two processes
+    assert reader.status()["run"] is None
+    writer.start_run("w1", rounds=3)
+    writer.record("w1", Event("round_finished", {"round": 1, "record": {"accuracy": 0.4}}))
+    first = reader.status()
+    assert first["run"]["id"] == "w1" and first["finished_rounds"] == 1 and first["accuracy"] == 0.4
+    writer.record("w1", Event("round_finished", {"round": 2, "record": {"accuracy": 0.6}}))
+    assert reader.status()["accuracy"] == 0.6
+    writer.finish_run("w1", "failed", "killed")  # no bus event, but stored as one for other processes
+    assert reader.status()["run"]["status"] == "failed"
+    assert reader.events_after(0, kinds=["run_finished"])[-1]["payload"]["error"] == "killed"
