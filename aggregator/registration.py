@@ -108,7 +108,7 @@ def sign_register_tx(
     return bytes(Account.sign_transaction(tx, eth_key).raw_transaction)
 
 
-def check_register_tx(raw: bytes, reg: Registration, contract: str, stake_wei: int) -> None:
+def check_register_tx(raw: bytes, reg: Registration, contract: str, stake_wei: int, chain_id: int) -> None:
     """The server's side before broadcasting: the transaction is the registered miner's own
     ``register`` call of ``reg``'s key on ``contract`` with the task's stake, and nothing else."""
     try:
@@ -126,5 +126,5 @@ def check_register_tx(raw: bytes, reg: Registration, contract: str, stake_wei: i
         raise RegistrationError(f"register transaction of {reg.address} is not register(its key)")
     if int(fields.get("value", 0)) != int(stake_wei):
         raise RegistrationError(f"register transaction of {reg.address} stakes {fields.get('value')} wei")
-    if int(fields.get("chainId", -1)) != reg.chain_id:
+    if int(fields.get("chainId", -1)) != int(chain_id):
         raise RegistrationError(f"register transaction of {reg.address} is for chain {fields.get('chainId')}")

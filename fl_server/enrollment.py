@@ -115,7 +115,7 @@ def relay_onchain(
             if reg is None or reply.has_error():
                 raise RegistrationError(_gist(reply.error.reason) if reply.has_error() else "unexpected reply")
             raw = bytes.fromhex(str(reply.content["registration"]["raw-tx"]))
-            check_register_tx(raw, reg, client.address, stake_wei)
+            check_register_tx(raw, reg, client.address, stake_wei, chain.chain_id)
             with chain._lock:  # one sender of transactions at a time on this client
                 hashes.append((reg.address, w3.eth.send_raw_transaction(raw)))
         except (KeyError, ValueError, RegistrationError) as exc:
