@@ -1,5 +1,7 @@
 """Score commitments, byte-identical to Solidity's
-``keccak256(abi.encode(uint256 score, bytes32 nonce, uint256 taskId, uint256 round, address miner))``.
+``keccak256(abi.encode(uint256 score, bytes32 nonce, uint256 taskId, uint256 round, uint256 attempt,
+address miner))``. The attempt (task-wide retry counter) makes a rejected attempt's opening useless in
+the retry.
 """
 
 from __future__ import annotations
@@ -51,22 +53,23 @@ def normalize_address(miner: str) -> str:
     return address
 
 
-def commitment(score: int, nonce: bytes, task_id: int, round_: int, miner: str) -> bytes:
-    """Return the 32-byte commitment to ``score`` for (task, round, miner)."""
+def commitment(score: int, nonce: bytes, task_id: int, round_: int, miner: str, attempt: int = 1) -> bytes:
+    """Return the 32-byte commitment to ``score`` for (task, round, attempt, miner)."""
     _check_uint("score", score)
     _check_uint("task_id", task_id)
     _check_uint("round", round_)
+    _check_uint("attempt", attempt)
     if not isinstance(nonce, bytes | bytearray) or len(nonce) != 32:
         raise CommitmentError("nonce must be exactly 32 bytes")
     address = normalize_address(miner)
     return keccak(
         encode(
-            ["uint256", "bytes32", "uint256", "uint256", "address"],
-            [score, bytes(nonce), task_id, round_, address],
+            ["uint256", "bytes32", "uint256", "uint256", "uint256", "address"],
+            [score, bytes(nonce), task_id, round_, attempt, address],
         )
     )
 
 
-def verify_opening(commit: bytes, opening: Opening, task_id: int, round_: int, miner: str) -> bool:
-    """True when ``opening`` opens ``commit`` for (task, round, miner)."""
-    return commitment(opening.score, opening.nonce, task_id, round_, miner) == bytes(commit)
+def verify_opening(commit: bytes, opening: Opening, task_id: int, round_: int, miner: str, attempt: int = 1) -> bool:
+    """True when ``opening`` opens ``commit`` for (task, round, attempt, miner)."""
+    return commitment(opening.score, opening.nonce, task_id, round_, miner, attempt) == bytes(commit)

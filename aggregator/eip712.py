@@ -1,13 +1,18 @@
 """EIP-712 typed messages that miners sign and the server relays to the contracts.
 
 The contract that verifies them is the ``verifyingContract`` of the domain, so a signature made for
-one deployment or chain is useless on another; (taskId, round) inside every message stop replays
-across tasks and rounds, and the contract refuses a second message of a kind per (miner, task, round).
+one deployment or chain is useless on another; (taskId, round, attempt) inside every round message
+stop replays across tasks, rounds and retries of a round (the attempt counts up per task), and the
+contract accepts one message of a kind per (task, round, attempt, miner).
 
-Types (keep byte-identical with contracts/ModelMine*.sol):
-    Submission(uint256 taskId,uint256 round,bytes32 supportHash,bytes32 ciphertextHash,bytes32 commitment)
-    Vote(uint256 taskId,uint256 round,bytes32 modelHash,bool accept,uint256 accuracyBps)
-    Reveal(uint256 taskId,uint256 round,uint256 score,bytes32 nonce)
+Types (keep byte-identical with contracts/src/*.sol):
+    Submission(uint256 taskId,uint256 round,uint256 attempt,bytes32 supportHash,bytes32 ciphertextHash,bytes32 commitment)
+    Vote(uint256 taskId,uint256 round,uint256 attempt,bytes32 modelHash,bool accept,uint256 accuracyBps)
+    Reveal(uint256 taskId,uint256 round,uint256 attempt,uint256 score,bytes32 nonce)
+    Registration(address miner,bytes secaggKey,uint256 nonce,uint256 deadline)
+
+The dataclasses keep ``attempt`` as their LAST field (default 1) so that positional construction
+stays compatible; the typed-data field order (what is signed) is the one above.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ MESSAGE_TYPES: dict[str, list[dict[str, str]]] = {
     "Submission": [
         {"name": "taskId", "type": "uint256"},
         {"name": "round", "type": "uint256"},
+        {"name": "attempt", "type": "uint256"},
         {"name": "supportHash", "type": "bytes32"},
         {"name": "ciphertextHash", "type": "bytes32"},
         {"name": "commitment", "type": "bytes32"},
@@ -40,6 +46,7 @@ MESSAGE_TYPES: dict[str, list[dict[str, str]]] = {
     "Vote": [
         {"name": "taskId", "type": "uint256"},
         {"name": "round", "type": "uint256"},
+        {"name": "attempt", "type": "uint256"},
         {"name": "modelHash", "type": "bytes32"},
         {"name": "accept", "type": "bool"},
         {"name": "accuracyBps", "type": "uint256"},
@@ -47,8 +54,15 @@ MESSAGE_TYPES: dict[str, list[dict[str, str]]] = {
     "Reveal": [
         {"name": "taskId", "type": "uint256"},
         {"name": "round", "type": "uint256"},
+        {"name": "attempt", "type": "uint256"},
         {"name": "score", "type": "uint256"},
         {"name": "nonce", "type": "bytes32"},
+    ],
+    "Registration": [
+        {"name": "miner", "type": "address"},
+        {"name": "secaggKey", "type": "bytes"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
     ],
 }
 
@@ -77,31 +91,51 @@ class Domain:
 
 @dataclass(frozen=True)
 class Submission:
+    """A miner's commitment to its encrypted update for (task, round, attempt) on the support."""
+
     taskId: int
     round: int
     supportHash: bytes
     ciphertextHash: bytes
     commitment: bytes
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
 class Vote:
+    """A participant's vote on the candidate of (task, round, attempt)."""
+
     taskId: int
     round: int
     modelHash: bytes
     accept: bool
     accuracyBps: int
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
 class Reveal:
+    """A participant's opening of its score commitment of (task, round, attempt)."""
+
     taskId: int
     round: int
     score: int
     nonce: bytes
+    attempt: int = 1
 
 
-Message = Submission | Vote | Reveal
+@dataclass(frozen=True)
+class Registration:
+    """A miner's consent to be registered (stake paid by a relayer) with its secure-aggregation key;
+    ``nonce`` is the contract's ``registrationNonce(miner)``."""
+
+    miner: str
+    secaggKey: bytes
+    nonce: int
+    deadline: int
+
+
+Message = Submission | Vote | Reveal | Registration
 
 
 def typed_data(domain: Domain, message: Message) -> dict[str, Any]:

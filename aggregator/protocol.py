@@ -170,6 +170,7 @@ class SignedSubmission:
     commitment: bytes
     signature: bytes
     indices: bytes = b""
+    attempt: int = 1  # the chain's attempt (RoundPlan.attempt); signed and in the commitment
 
     def message(self, support_hash_: bytes) -> Submission:
         """The EIP-712 Submission this payload claims to be signed over."""
@@ -179,6 +180,7 @@ class SignedSubmission:
             supportHash=support_hash_,
             ciphertextHash=keccak(self.ciphertext),
             commitment=self.commitment,
+            attempt=self.attempt,
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -190,6 +192,7 @@ class SignedSubmission:
             "mm-commitment": self.commitment,
             "mm-signature": self.signature,
             "mm-indices": self.indices,
+            "mm-attempt": self.attempt,
         }
 
     @classmethod
@@ -203,6 +206,7 @@ class SignedSubmission:
                 commitment=bytes(config["mm-commitment"]),
                 signature=bytes(config["mm-signature"]),
                 indices=bytes(config.get("mm-indices", b"")) if hasattr(config, "get") else b"",
+                attempt=int(config["mm-attempt"]) if "mm-attempt" in config else 1,
             )
         except KeyError as exc:
             raise ProtocolError(f"submission lacks field {exc}") from exc
@@ -230,10 +234,12 @@ class VoteRequest:
     domain: Domain
     tolerance: float  # accept when local accuracy >= last accepted local accuracy - tolerance
     task_key: str = ""  # RoundPlan.task_key: where the miner keeps this task's openings
+    attempt: int = 1  # the chain's attempt of this round: signed in the vote and the reveal
 
     def to_config(self) -> dict[str, Any]:
         return {
             "mm-vote": PROTOCOL_VERSION,
+            "mm-attempt": self.attempt,
             "mm-task-key": self.task_key,
             "mm-task-id": self.task_id,
             "mm-round": self.round,
@@ -253,6 +259,7 @@ class VoteRequest:
                 domain=Domain(int(config["mm-chain-id"]), str(config["mm-verifying-contract"])),
                 tolerance=float(config["mm-tolerance"]),
                 task_key=str(config["mm-task-key"]),
+                attempt=int(config["mm-attempt"]) if "mm-attempt" in config else 1,
             )
         except KeyError as exc:
             raise ProtocolError(f"vote request lacks field {exc}") from exc
@@ -276,6 +283,7 @@ class SignedVote:
             "mm-address": self.address,
             "mm-task-id": self.vote.taskId,
             "mm-round": self.vote.round,
+            "mm-attempt": self.vote.attempt,
             "mm-model-hash": self.vote.modelHash,
             "mm-accept": bool(self.vote.accept),
             "mm-accuracy-bps": int(self.vote.accuracyBps),
@@ -292,11 +300,13 @@ class SignedVote:
     def from_config(cls, config: Any) -> SignedVote:
         try:
             task_id, round_ = int(config["mm-task-id"]), int(config["mm-round"])
+            attempt = int(config["mm-attempt"]) if "mm-attempt" in config else 1
             vote = Vote(task_id, round_, bytes(config["mm-model-hash"]), bool(config["mm-accept"]),
-                        int(config["mm-accuracy-bps"]))
+                        int(config["mm-accuracy-bps"]), attempt)
             reveal, rsig = None, b""
             if "mm-score" in config:
-                reveal = Reveal(task_id, round_, int.from_bytes(bytes(config["mm-score"]), "big"), bytes(config["mm-nonce"]))
+                reveal = Reveal(task_id, round_, int.from_bytes(bytes(config["mm-score"]), "big"), bytes(config["mm-nonce"]),
+                                attempt)
                 rsig = bytes(config["mm-reveal-signature"])
             return cls(str(config["mm-address"]), vote, bytes(config["mm-vote-signature"]), reveal, rsig)
         except KeyError as exc:

@@ -22,7 +22,7 @@ ARTIFACT_CONTRACTS = ("ModelMine", "ReentrantClaimer")
 #: solc standard-JSON settings (outputSelection is added by the compile script).
 SETTINGS: dict = {
     "evmVersion": "cancun",
-    "optimizer": {"enabled": True, "runs": 200},
+    "optimizer": {"enabled": True, "runs": 1},
     "viaIR": True,
 }
 

@@ -89,8 +89,9 @@ class ChainConfig:
     """Chain settings; field names match ``conf/chain/*.yaml``.
 
     ``backend``: "none" | "embedded" | "rpc". Amounts in wei, durations in seconds, shares in basis
-    points. ``*_key_file`` / ``*_key_env`` name where a private key is read from; when neither is set
-    a fresh funded test account is generated (embedded and anvil only).
+    points. ``*_key_file`` / ``*_key_env`` name where a role's private key is read from (deployer,
+    publisher, aggregator); when neither is set a fresh funded test account is generated, on dev chains
+    only (embedded, an anvil we start, or ``dev_chain: true``). Time travel is dev-only too.
     """
 
     backend: str = "embedded"
@@ -99,6 +100,11 @@ class ChainConfig:
     contract_address: str = ""
     deployer_key_file: str = ""
     deployer_key_env: str = ""
+    publisher_key_file: str = ""
+    publisher_key_env: str = ""
+    aggregator_key_file: str = ""
+    aggregator_key_env: str = ""
+    dev_chain: bool = False
     quorum_bps: int = 5000
     fee_bps: int = 200
     aggregator_share_bps: int = 1000
@@ -108,6 +114,8 @@ class ChainConfig:
     reward_pool_wei: int = 10**18
     unbonding_s: int = 3600
     round_window_s: int = 3600
+    commit_window_s: int = 3600
+    voter_share_bps: int = 1000
     task_duration_s: int = 7 * 24 * 3600
     quant_bits: int = 15
     fund_wei: int = 10**20
@@ -133,32 +141,57 @@ class ChainConfig:
         kwargs: dict[str, Any] = {}
         for key, value in dict(cfg).items():
             if key in known and value is not None:
-                kwargs[key] = known[key](value)
+                if known[key] is bool and isinstance(value, str):
+                    kwargs[key] = value.strip().lower() in ("1", "true", "yes")
+                else:
+                    kwargs[key] = known[key](value)
         return cls(**kwargs)
+
+    @property
+    def is_dev(self) -> bool:
+        """True on chains where accounts may be generated and funded and time may be moved: the embedded
+        EVM, an anvil this process starts, or an RPC node explicitly marked ``dev_chain``."""
+        return self.backend == "embedded" or (self.backend == "rpc" and (self.start_anvil and not self.rpc_url
+                                                                          or self.dev_chain))
+
+    def role_account(self, role: str) -> LocalAccount | None:
+        """The configured key of ``role`` (deployer | publisher | aggregator), or None when unset."""
+        if role not in ("deployer", "publisher", "aggregator"):
+            raise ValueError(f"unknown role {role!r}")
+        return load_account(getattr(self, f"{role}_key_file"), getattr(self, f"{role}_key_env"))
 
 
 # ====================================================================== accounts
 
 
 def load_account(key_file: str = "", key_env: str = "") -> LocalAccount | None:
-    """The account whose hex private key is in ``key_file`` or in env var ``key_env``; None if neither
-    is given. Raises ChainError (without echoing the key) when the key is malformed or missing."""
+    """The account whose hex private key (exactly 64 hex digits, optional 0x) is in ``key_file`` or in env
+    var ``key_env``; None if neither is given. Raises ChainError naming the file or variable (never the
+    key) when the key is missing or malformed (a 63- or 65-digit key is refused, not padded)."""
     raw = ""
     if key_file:
         path = Path(key_file).expanduser()
+        where = f"key file {path}"
         if not path.exists():
-            raise ChainError(f"key file {path} does not exist")
-        raw = path.read_text().strip()
+            raise ChainError(f"{where} does not exist")
+        try:
+            raw = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ChainError(f"{where} is unreadable: {type(exc).__name__}") from None
     elif key_env:
+        where = f"environment variable {key_env}"
         raw = os.environ.get(key_env, "").strip()
         if not raw:
-            raise ChainError(f"environment variable {key_env} is empty or unset")
+            raise ChainError(f"{where} is empty or unset")
     else:
         return None
+    body = raw[2:] if raw[:2] in ("0x", "0X") else raw
+    if len(body) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in body):
+        raise ChainError(f"malformed private key in {where}: expected 64 hex digits (optional 0x), got {len(body)} characters")
     try:
-        return Account.from_key(raw)
-    except Exception as exc:
-        raise ChainError(f"malformed private key in {key_file or '$' + key_env}") from exc
+        return Account.from_key("0x" + body)
+    except Exception:  # noqa: BLE001 - e.g. zero or >= the curve order; never echo the key
+        raise ChainError(f"malformed private key in {where}: not a valid secp256k1 key") from None
 
 
 def new_account() -> LocalAccount:
@@ -366,9 +399,18 @@ class Chain:
     # ------------------------------------------------------------------ accounts and funds
 
     def fund(self, address: str, amount_wei: int) -> None:
-        """Give ``address`` ether from the node's prefunded dev accounts (embedded and anvil only)."""
+        """Give ``address`` ether from the node's prefunded dev accounts. Dev chains only: elsewhere (or
+        when the node has no unlocked account) raises ChainError telling to configure funded keys."""
+        if not self.cfg.is_dev:
+            raise ChainError(f"{self.url} is not a dev chain: cannot fund {address} from node accounts; "
+                             "configure funded keys (chain.*_key_file / *_key_env), or set chain.dev_chain=true")
+        accounts = self._retry(lambda: list(self.w3.eth.accounts))
+        if not accounts:
+            raise ChainError(f"{self.url} has no unlocked accounts to fund {address} from; "
+                             "configure funded keys (chain.*_key_file / *_key_env)")
+
         def _send() -> None:
-            source = self.w3.eth.accounts[0]
+            source = accounts[0]
             tx = self.w3.eth.send_transaction({"from": source, "to": to_checksum_address(address), "value": amount_wei})
             self.w3.eth.wait_for_transaction_receipt(tx, timeout=self.cfg.tx_timeout_s)
 
@@ -392,7 +434,9 @@ class Chain:
         return int(self._retry(lambda: self.w3.eth.get_block("latest")["timestamp"]))
 
     def advance_time(self, seconds: int) -> None:
-        """Move chain time forward by ``seconds`` and mine a block (dev chains only)."""
+        """Move chain time forward by ``seconds`` and mine a block. Dev chains only (ChainError elsewhere)."""
+        if not self.cfg.is_dev:
+            raise ChainError(f"{self.url} is not a dev chain: time cannot be moved (wait for the window instead)")
         if self.cfg.backend == "embedded":
             tester = self.w3.provider.ethereum_tester  # type: ignore[attr-defined]
             tester.time_travel(self.timestamp() + int(seconds))

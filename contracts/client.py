@@ -1,21 +1,25 @@
 """High-level Python API of the ModelMine contract (what the Flower strategy and scripts call).
 
-One round, as the strategy drives it (task ``t``, round ``r``; miners sign, the server relays)::
+One round, as the strategy drives it (task ``t``, round ``r``, attempt ``a`` = last attempt + 1;
+miners sign, the server relays, and every miner may send its own signed message itself instead)::
 
-    client.propose(aggregator, t, r, model_hash, support_hash, k, submissions)   # commitments + candidate
-    client.relay_votes_and_reveals(relayer, t, r, model_hash, votes, reveals)
+    client.open_round(aggregator, t, r, a, support_hash, selected_addresses)
+    client.relay_submissions(aggregator, t, r, a, submissions)    # commit window (idempotent batch)
+    client.committed_miners(t, r, a)                              # the set I, once the window closed
+    client.propose(aggregator, t, r, a, model_hash)               # candidate
+    client.relay_votes_and_reveals(relayer, t, r, model_hash, votes, reveals, attempt=a)
         # votes -> finalize (when everyone voted) -> reveals -> settle (when everyone revealed)
-    # or step by step / when someone is late:
-    client.relay_votes(relayer, t, r, model_hash, votes)      # auto-finalizes once everyone voted
-    client.finalize(anyone, t)                                # after the vote window otherwise
+    # or step by step / when someone is late (timeouts anyone may trigger):
+    client.expire(anyone, t)                                  # no candidate in time: retry the round
+    client.finalize(anyone, t)                                # after the vote window
     client.relay_reveals(relayer, t, r, reveals)              # auto-settles once everyone revealed
-    client.settle(anyone, t)                                  # after the reveal window otherwise
+    client.settle(anyone, t)                                  # after the reveal window
     client.claim(account, task_ids)                           # any time: pull what is owed
 
 ``submissions``, ``votes`` and ``reveals`` are lists of ``(message, signature)`` pairs where the
 message is an :mod:`aggregator.eip712` dataclass and the signature its 65-byte ``eip712.sign``
-output; the client checks each pair belongs to the batch (task, round, support / model hash) and
-converts signatures to EIP-2098 compact form. The contract re-verifies every signature.
+output; the client checks each pair belongs to the batch (task, round, attempt, support / model
+hash) and converts signatures to EIP-2098 compact form. The contract re-verifies every signature.
 Every state-changing method returns a :class:`contracts.chain.TxResult` (gas, decoded events) and
 raises :class:`contracts.chain.ContractRevertError` (``.name`` = Solidity custom error) on revert.
 """
@@ -33,7 +37,7 @@ from eth_utils import keccak, to_checksum_address
 
 from aggregator import eip712
 from contracts.build_info import load_artifact
-from contracts.chain import Chain, ChainConfig, ChainError, TxResult, load_account
+from contracts.chain import Chain, ChainConfig, ChainError, TxResult
 
 Signed = tuple[Any, bytes]
 
@@ -46,18 +50,29 @@ class TaskStatus(IntEnum):
 
 
 class Phase(IntEnum):
-    COMMIT = 0
-    VOTING = 1
-    REVEALING = 2
+    IDLE = 0
+    COMMIT = 1
+    VOTING = 2
+    REVEALING = 3
 
 
-FLAG_COMMITTED, FLAG_REVEALED, FLAG_FAULT = 1, 4, 8
+FLAG_COMMITTED, FLAG_REVEALED, FLAG_FAULT, FLAG_OPEN = 1, 4, 8, 16
+
+#: Secure-aggregation backend ids fixed in a task (``TaskParams.secaggBackend``).
+SECAGG_BACKEND_IDS = {"none": 0, "masked": 1, "nddfe": 2, "secaggplus": 3}
+#: Support modes (``TaskParams.supportMode``).
+SUPPORT_MODE_IDS = {"shared": 0, "local": 1}
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """What a publisher posts. ``target_bps``/``target_nonce`` stay private until ``reveal_target``;
-    only their commitment goes on chain. Keys are 33-byte compressed secp256k1 points."""
+    only their commitment goes on chain. Keys are 33-byte compressed secp256k1 points.
+
+    The round settings (``k`` = support size cap, ``quant_bits``, ``clip``, ``secagg_backend``,
+    ``support_mode``, ``threshold``) are fixed for the whole task: the contract caps a revealed score
+    at ``k * (2^(bits-1)-1)^2`` and miners refuse a round plan that differs (:func:`check_round_settings`).
+    """
 
     model_hash: bytes
     publisher_key: bytes
@@ -73,6 +88,45 @@ class TaskSpec:
     aggregator_share_bps: int = 1000
     quorum_bps: int = 5000
     quant_bits: int = 15
+    commit_window_s: int = 3600
+    voter_share_bps: int = 1000
+    k: int = 1 << 20
+    clip: float = 0.5
+    secagg_backend: str = "masked"
+    support_mode: str = "shared"
+    threshold: int = 2
+
+    @property
+    def clip_micros(self) -> int:
+        """The clip as the integer the contract stores (millionths)."""
+        return int(round(self.clip * 1_000_000))
+
+
+class RoundSettingsMismatch(ValueError):
+    """A round plan's reward-relevant setting differs from the task's (fixed at publish on chain)."""
+
+
+def check_round_settings(task: dict[str, Any], *, backend: str, bits: int, clip: float, support_mode: str,
+                         support_size: int, threshold: int | None = None) -> None:
+    """Raise RoundSettingsMismatch unless a round's settings are the task's (``task``: ModelMineClient.task()).
+
+    A miner calls this before training on a plan: a support larger than ``k`` or other bits would let
+    the aggregator make an honest reveal exceed the task's score cap (slashing) or change rewards."""
+    problems = []
+    if SECAGG_BACKEND_IDS.get(backend, -1) != int(task["secaggBackend"]):
+        problems.append(f"backend {backend!r} (task: id {task['secaggBackend']})")
+    if int(bits) != int(task["quantBits"]):
+        problems.append(f"bits {bits} (task: {task['quantBits']})")
+    if int(round(float(clip) * 1_000_000)) != int(task["clipMicros"]):
+        problems.append(f"clip {clip} (task: {int(task['clipMicros']) / 1e6})")
+    if SUPPORT_MODE_IDS.get(support_mode, -1) != int(task["supportMode"]):
+        problems.append(f"support mode {support_mode!r} (task: id {task['supportMode']})")
+    if not 0 < int(support_size) <= int(task["k"]):
+        problems.append(f"support size {support_size} (task: at most {task['k']})")
+    if threshold is not None and int(threshold) != int(task["threshold"]):
+        problems.append(f"threshold {threshold} (task: {task['threshold']})")
+    if problems:
+        raise RoundSettingsMismatch("round settings differ from the task's: " + "; ".join(problems))
 
 
 def target_commitment(target_bps: int, nonce: bytes) -> bytes:
@@ -101,9 +155,9 @@ def compact_signature(sig: bytes) -> tuple[bytes, bytes]:
     return r, vs.to_bytes(32, "big")
 
 
-def participants_hash(epoch: int, participants: Sequence[tuple[str, bytes]]) -> bytes:
-    """The contract's keccak chain over (miner, commitment), seeded with the epoch number."""
-    h = epoch.to_bytes(32, "big")
+def participants_hash(attempt: int, participants: Sequence[tuple[str, bytes]]) -> bytes:
+    """The contract's keccak chain over (miner, commitment), seeded with the attempt number."""
+    h = attempt.to_bytes(32, "big")
     for miner, commit in participants:
         h = keccak(encode(["bytes32", "address", "bytes32"], [h, to_checksum_address(miner), commit]))
     return h
@@ -176,7 +230,7 @@ class ModelMineClient:
         chain = Chain(conf)
         if conf.contract_address:
             return cls(chain, conf.contract_address)
-        deployer = deployer or load_account(conf.deployer_key_file, conf.deployer_key_env) or chain.funded_account()
+        deployer = deployer or conf.role_account("deployer") or chain.funded_account()
         return cls.deploy(chain, deployer)
 
     # ------------------------------------------------------------------ plumbing
@@ -236,7 +290,11 @@ class ModelMineClient:
     # ------------------------------------------------------------------ tasks
 
     def publish_task(self, publisher: LocalAccount, spec: TaskSpec, reward_wei: int) -> tuple[int, TxResult]:
-        """Post a task with ``reward_wei`` escrowed; returns (task id, tx)."""
+        """Post a task with ``reward_wei`` escrowed and its round settings fixed; returns (task id, tx)."""
+        if spec.secagg_backend not in SECAGG_BACKEND_IDS:
+            raise ValueError(f"secagg backend {spec.secagg_backend!r} has no on-chain id ({sorted(SECAGG_BACKEND_IDS)})")
+        if spec.support_mode not in SUPPORT_MODE_IDS:
+            raise ValueError(f"support mode {spec.support_mode!r} has no on-chain id ({sorted(SUPPORT_MODE_IDS)})")
         params = (
             spec.metadata_hash,
             spec.model_hash,
@@ -247,10 +305,17 @@ class ModelMineClient:
             to_checksum_address(spec.aggregator),
             spec.rounds,
             spec.deadline,
+            spec.commit_window_s,
             spec.round_window_s,
             spec.aggregator_share_bps,
+            spec.voter_share_bps,
             spec.quorum_bps,
             spec.quant_bits,
+            spec.k,
+            spec.clip_micros,
+            SECAGG_BACKEND_IDS[spec.secagg_backend],
+            SUPPORT_MODE_IDS[spec.support_mode],
+            spec.threshold,
         )
         res = self._tx(self.contract.functions.publishTask(params), publisher, value=reward_wei)
         return int(res.event("TaskPublished")["taskId"]), res
@@ -260,19 +325,33 @@ class ModelMineClient:
         return self._tx(self.contract.functions.revealTarget(task_id, target_bps, nonce), publisher)
 
     def cancel_task(self, publisher: LocalAccount, task_id: int) -> TxResult:
-        """Cancel; finalized rounds stay owed, the rest of the escrow is credited to the publisher."""
+        """Cancel: refunds the rounds never opened; a round in progress still runs to its end."""
         return self._tx(self.contract.functions.cancelTask(task_id), publisher)
 
     def close_expired(self, sender: LocalAccount, task_id: int) -> TxResult:
-        """Close a task past its deadline (refunds rounds never finalized)."""
+        """Complete a task past its deadline (refunds what no round in progress is owed)."""
         return self._tx(self.contract.functions.closeExpired(task_id), sender)
 
     # ------------------------------------------------------------------ miners
 
     def register_miner(self, miner: LocalAccount, public_key: bytes, stake_wei: int | None = None) -> TxResult:
-        """Register ``miner`` with its NDD-FE public key and stake (default cfg.stake_wei)."""
+        """Register ``miner`` directly with its secure-aggregation key and stake (default cfg.stake_wei)."""
         stake = self.chain.cfg.stake_wei if stake_wei is None else stake_wei
         return self._tx(self.contract.functions.register(public_key), miner, value=stake)
+
+    def registration_message(self, miner: str, secagg_key: bytes, deadline: int) -> eip712.Registration:
+        """The Registration the miner signs (``eip712.sign(client.domain, msg, key)``) for :meth:`register_for`."""
+        nonce = int(self.chain.call(self.contract.functions.registrationNonce(to_checksum_address(miner))))
+        return eip712.Registration(to_checksum_address(miner), bytes(secagg_key), nonce, int(deadline))
+
+    def register_for(self, relayer: LocalAccount, miner: str, secagg_key: bytes, deadline: int, signature: bytes,
+                     stake_wei: int | None = None) -> TxResult:
+        """Relay a miner's signed registration; the relayer pays ``stake_wei``, which becomes the miner's
+        stake (only the miner can ever withdraw it)."""
+        stake = self.chain.cfg.stake_wei if stake_wei is None else stake_wei
+        r, vs = compact_signature(signature)
+        fn = self.contract.functions.registerFor(to_checksum_address(miner), secagg_key, int(deadline), r, vs)
+        return self._tx(fn, relayer, value=stake)
 
     def add_stake(self, miner: LocalAccount, amount_wei: int) -> TxResult:
         return self._tx(self.contract.functions.addStake(), miner, value=amount_wei)
@@ -280,129 +359,195 @@ class ModelMineClient:
     def request_unstake(self, miner: LocalAccount) -> TxResult:
         return self._tx(self.contract.functions.requestUnstake(), miner)
 
-    def withdraw_stake(self, miner: LocalAccount) -> TxResult:
-        return self._tx(self.contract.functions.withdrawStake(), miner)
+    def release_tasks(self, sender: LocalAccount, miner: str, task_ids: Sequence[int]) -> TxResult:
+        """Release ``miner``'s ended participations in ``task_ids`` (unlocks its stake; anyone may send)."""
+        fn = self.contract.functions.releaseTasks(to_checksum_address(miner), [int(t) for t in task_ids])
+        return self._tx(fn, sender)
 
-    # ------------------------------------------------------------------ round: commit
+    def withdraw_stake(self, miner: LocalAccount, task_ids: Sequence[int] | None = None) -> TxResult:
+        """Withdraw the stake after unbonding, releasing the miner's ended participations first
+        (``task_ids`` defaults to every task it committed in). Reverts OpenRounds while a round it
+        committed in has not ended."""
+        tasks = self.reward_tasks(miner.address) if task_ids is None else [int(t) for t in task_ids]
+        return self._tx(self.contract.functions.withdrawStake(tasks), miner)
 
-    def _submission_items(self, task_id: int, round_: int, support_hash: bytes, subs: Sequence[Signed]) -> list:
+    # ------------------------------------------------------------------ round: open and commit
+
+    def next_attempt(self, task_id: int) -> int:
+        """The attempt number the next ``open_round`` must use (last attempt + 1)."""
+        return int(self.round_state(task_id)["attempt"]) + 1
+
+    def open_round(self, aggregator: LocalAccount, task_id: int, round_: int, attempt: int, support_hash: bytes,
+                   selected: Sequence[str]) -> TxResult:
+        """Aggregator only: open (round, attempt) with the selected miners' addresses and the support hash."""
+        indices = []
+        for address in selected:
+            rec = self.miner(address)
+            if not rec["registered"]:
+                raise ValueError(f"selected miner {address} is not registered on chain")
+            indices.append(int(rec["index"]))
+        fn = self.contract.functions.openRound(task_id, round_, attempt, support_hash, indices)
+        return self._tx(fn, aggregator)
+
+    def _submission_items(self, task_id: int, round_: int, attempt: int, subs: Sequence[Signed]) -> list:
+        support = bytes(self.round_state(task_id)["supportHash"])
         items = []
         for msg, sig in subs:
             if not isinstance(msg, eip712.Submission):
                 raise TypeError("submissions must be (eip712.Submission, signature) pairs")
-            if (msg.taskId, msg.round, bytes(msg.supportHash)) != (task_id, round_, bytes(support_hash)):
-                raise ValueError(f"submission for task {msg.taskId} round {msg.round} does not belong to this batch")
+            if (msg.taskId, msg.round, msg.attempt) != (task_id, round_, attempt):
+                raise ValueError(f"submission for task {msg.taskId} round {msg.round} attempt {msg.attempt} "
+                                 f"does not belong to task {task_id} round {round_} attempt {attempt}")
+            if bytes(msg.supportHash) != support:
+                raise ValueError("submission signed for another support than the round's")
             r, vs = compact_signature(sig)
             items.append((bytes(msg.ciphertextHash), bytes(msg.commitment), r, vs))
         return items
 
-    def commit(self, miner: LocalAccount, task_id: int, round_: int, support_hash: bytes,
-               ciphertext_hash: bytes, commitment: bytes) -> TxResult:
-        """The miner posts its own submission (censorship fallback)."""
-        fn = self.contract.functions.commit(task_id, round_, support_hash, ciphertext_hash, commitment)
-        return self._tx(fn, miner)
-
-    def relay_submissions(self, relayer: LocalAccount, task_id: int, round_: int, support_hash: bytes,
+    def relay_submissions(self, relayer: LocalAccount, task_id: int, round_: int, attempt: int,
                           submissions: Sequence[Signed]) -> TxResult:
-        """Relay signed submissions during the commit phase (before ``propose``)."""
-        items = self._submission_items(task_id, round_, support_hash, submissions)
-        return self._tx(self.contract.functions.commitBatch(task_id, round_, support_hash, items), relayer)
+        """Relay signed submissions in the commit window (idempotent: already-committed miners are skipped)."""
+        items = self._submission_items(task_id, round_, attempt, submissions)
+        return self._tx(self.contract.functions.commitBatch(task_id, round_, attempt, items), relayer)
 
-    def propose(self, aggregator: LocalAccount, task_id: int, round_: int, model_hash: bytes, support_hash: bytes,
-                k: int, submissions: Sequence[Signed] = ()) -> TxResult:
-        """Aggregator only: relay the (remaining) signed submissions and post the candidate block."""
-        items = self._submission_items(task_id, round_, support_hash, submissions)
-        fn = self.contract.functions.propose(task_id, round_, model_hash, support_hash, k, items)
-        return self._tx(fn, aggregator)
+    def commit(self, miner: LocalAccount, task_id: int, round_: int, attempt: int, support_hash: bytes,
+               ciphertext_hash: bytes, commitment: bytes) -> TxResult:
+        """The miner commits directly (no relayer): signs its Submission and sends it itself. Raises
+        ChainError when the contract skipped it (not selected, unbonding, under the minimum stake)."""
+        msg = eip712.Submission(task_id, round_, support_hash, ciphertext_hash, commitment, attempt)
+        res = self.relay_submissions(miner, task_id, round_, attempt, [(msg, eip712.sign(self.domain, msg, miner.key))])
+        if not res.all("Committed") and self.miner_round(task_id, miner.address)["attempt"] != attempt:
+            raise ChainError(f"commit of {miner.address} in task {task_id} attempt {attempt} was skipped: "
+                             "not selected, not registered, unbonding or under the task's minimum stake")
+        return res
+
+    def propose(self, aggregator: LocalAccount, task_id: int, round_: int, attempt: int, model_hash: bytes) -> TxResult:
+        """Aggregator only: post the candidate after the commit window (or once all selected committed)."""
+        return self._tx(self.contract.functions.propose(task_id, round_, attempt, model_hash), aggregator)
+
+    def expire(self, sender: LocalAccount, task_id: int) -> TxResult:
+        """Timeout of the commit phase (anyone): no candidate in time, or too few commitments."""
+        return self._tx(self.contract.functions.expire(task_id), sender)
+
+    def commit_deadline(self, task_id: int, round_: int, attempt: int) -> int:
+        """End (unix time) of the commit window of the task's current (round, attempt)."""
+        return int(self.chain.call(self.contract.functions.commitDeadline(task_id, round_, attempt)))
+
+    def committed_miners(self, task_id: int, round_: int, attempt: int) -> list[str] | None:
+        """Checksummed addresses that committed in (round, attempt), in commit order — the set I the
+        publisher's key service may release a key for. None while that attempt's commit window is still
+        open (chain time <= commit deadline and not every selected miner committed). For the current
+        attempt the list is checked against the on-chain participants hash (ChainError when logs are
+        missing)."""
+        rs = self.round_state(task_id)
+        current = int(rs["attempt"]) == attempt and int(rs["phase"]) != Phase.IDLE
+        if current and int(rs["round"]) != round_:
+            raise ValueError(f"attempt {attempt} of task {task_id} is round {rs['round']}, not {round_}")
+        if current and int(rs["phase"]) == Phase.COMMIT and self.chain.timestamp() <= int(rs["commitDeadline"]) \
+                and int(rs["participants"]) < int(rs["selected"]):
+            return None
+        rows = [r for r in self.events("Committed", taskId=task_id)
+                if int(r["attempt"]) == attempt and int(r["round"]) == round_]
+        out = [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows]
+        if current and participants_hash(attempt, out) != bytes(rs["participantsHash"]):
+            raise ChainError(f"committed set of task {task_id} attempt {attempt} does not match the chain (missing logs?)")
+        return [m for m, _ in out]
 
     # ------------------------------------------------------------------ round: vote
 
     def vote(self, miner: LocalAccount, task_id: int, round_: int, model_hash: bytes, accept: bool,
-             accuracy_bps: int, participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
-        """The participant votes directly."""
-        plist = list(participants) if participants is not None else self.participants(task_id)
-        index = [to_checksum_address(m) for m, _ in plist].index(miner.address)
-        fn = self.contract.functions.vote(task_id, round_, model_hash, accept, accuracy_bps, plist, index)
-        return self._tx(fn, miner)
+             accuracy_bps: int, participants: Sequence[tuple[str, bytes]] | None = None,
+             attempt: int | None = None) -> TxResult:
+        """The participant votes directly (signs its Vote and sends it itself)."""
+        attempt = self._attempt(task_id, attempt)
+        msg = eip712.Vote(task_id, round_, model_hash, accept, accuracy_bps, attempt)
+        return self.relay_votes(miner, task_id, round_, model_hash, [(msg, eip712.sign(self.domain, msg, miner.key))],
+                                participants, attempt=attempt)
 
     def relay_votes(self, relayer: LocalAccount, task_id: int, round_: int, model_hash: bytes,
-                    votes: Sequence[Signed], participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+                    votes: Sequence[Signed], participants: Sequence[tuple[str, bytes]] | None = None,
+                    attempt: int | None = None) -> TxResult:
         """Relay signed votes; the contract finalizes in the same tx once every participant voted
-        (look for RoundFinalized / RoundRejected in ``.events``). ``participants`` defaults to
-        :meth:`participants` (read from events)."""
-        plist = list(participants) if participants is not None else self.participants(task_id)
-        items = self._vote_items(task_id, round_, model_hash, votes, plist)
-        fn = self.contract.functions.voteBatch(task_id, round_, model_hash, plist, items)
-        return self._tx(fn, relayer)
+        (RoundFinalized / RoundRejected in ``.events``). ``participants`` defaults to :meth:`participants`."""
+        return self.relay_votes_and_reveals(relayer, task_id, round_, model_hash, votes, (), participants, attempt)
 
     def relay_votes_and_reveals(self, relayer: LocalAccount, task_id: int, round_: int, model_hash: bytes,
                                 votes: Sequence[Signed], reveals: Sequence[Signed],
-                                participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
+                                participants: Sequence[tuple[str, bytes]] | None = None,
+                                attempt: int | None = None) -> TxResult:
         """One transaction for the end of a round (the cheapest path): relay the votes; if they
         finalize the round, relay the reveals and settle when everyone revealed. When the round is
         rejected the reveals are ignored (RoundRejected in ``.events``)."""
+        attempt = self._attempt(task_id, attempt)
         plist = list(participants) if participants is not None else self.participants(task_id)
-        vitems = self._vote_items(task_id, round_, model_hash, votes, plist)
-        ritems = self._reveal_items(task_id, round_, reveals, plist)
-        fn = self.contract.functions.voteRevealBatch(task_id, round_, model_hash, plist, vitems, ritems)
+        vitems = self._vote_items(task_id, round_, attempt, model_hash, votes, plist)
+        ritems = self._reveal_items(task_id, round_, attempt, reveals, plist)
+        fn = self.contract.functions.voteRevealBatch(task_id, round_, attempt, model_hash, plist, vitems, ritems)
         return self._tx(fn, relayer)
 
     def finalize(self, sender: LocalAccount, task_id: int) -> TxResult:
-        """Decide the candidate after the vote window (or once rejection is certain)."""
+        """Decide the candidate after the vote window (or once rejection is certain); anyone."""
         return self._tx(self.contract.functions.finalize(task_id), sender)
 
     # ------------------------------------------------------------------ round: reveal and settle
 
     def participants(self, task_id: int) -> list[tuple[str, bytes]]:
-        """The current epoch's (miner, commitment) list in submission order, from Committed events;
+        """The current attempt's (miner, commitment) list in commit order, from Committed events;
         checked against the on-chain participants hash."""
         rs = self.round_state(task_id)
+        attempt = int(rs["attempt"])
         rows = self.events("Committed", taskId=task_id)
-        out = [(r["miner"], bytes(r["commitment"])) for r in rows if r["epoch"] == rs["epoch"] and r["round"] == rs["round"]]
-        if participants_hash(rs["epoch"], out) != rs["participantsHash"]:
+        out = [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows if int(r["attempt"]) == attempt]
+        if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
             raise ChainError(f"participant list of task {task_id} does not match the chain (missing logs?)")
         return out
 
     def reveal(self, miner: LocalAccount, task_id: int, round_: int, score: int, nonce: bytes,
-               participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
-        """The participant opens its own commitment (reverts RevealMismatch / ScoreTooLarge)."""
-        plist = list(participants) if participants is not None else self.participants(task_id)
-        index = [to_checksum_address(m) for m, _ in plist].index(miner.address)
-        fn = self.contract.functions.reveal(task_id, round_, score, nonce, plist, index)
-        return self._tx(fn, miner)
+               participants: Sequence[tuple[str, bytes]] | None = None, attempt: int | None = None) -> TxResult:
+        """The participant opens its own commitment (signs its Reveal and sends it itself)."""
+        attempt = self._attempt(task_id, attempt)
+        msg = eip712.Reveal(task_id, round_, score, nonce, attempt)
+        return self.relay_reveals(miner, task_id, round_, [(msg, eip712.sign(self.domain, msg, miner.key))],
+                                  participants, attempt=attempt)
 
     def relay_reveals(self, relayer: LocalAccount, task_id: int, round_: int, reveals: Sequence[Signed],
-                      participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
-        """Relay signed reveals (invalid openings are recorded as faults and slashed, not reverted);
-        settles in the same tx once every participant revealed (RoundSettled in ``.events``)."""
+                      participants: Sequence[tuple[str, bytes]] | None = None, attempt: int | None = None) -> TxResult:
+        """Relay signed reveals (an opening above the task's maximum score is a fault, slashed; one that does
+        not open the commitment is skipped); settles in the same tx once every participant revealed."""
+        attempt = self._attempt(task_id, attempt)
         plist = list(participants) if participants is not None else self.participants(task_id)
-        items = self._reveal_items(task_id, round_, reveals, plist)
-        return self._tx(self.contract.functions.revealBatch(task_id, round_, plist, items), relayer)
+        items = self._reveal_items(task_id, round_, attempt, reveals, plist)
+        return self._tx(self.contract.functions.revealBatch(task_id, round_, attempt, plist, items), relayer)
 
-    def _vote_items(self, task_id: int, round_: int, model_hash: bytes, votes: Sequence[Signed],
+    def _attempt(self, task_id: int, attempt: int | None) -> int:
+        return int(self.round_state(task_id)["attempt"]) if attempt is None else int(attempt)
+
+    def _vote_items(self, task_id: int, round_: int, attempt: int, model_hash: bytes, votes: Sequence[Signed],
                     plist: Sequence[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
         index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
         items = []
         for msg, sig in votes:
             if not isinstance(msg, eip712.Vote):
                 raise TypeError("votes must be (eip712.Vote, signature) pairs")
-            if (msg.taskId, msg.round, bytes(msg.modelHash)) != (task_id, round_, bytes(model_hash)):
-                raise ValueError(f"vote for task {msg.taskId} round {msg.round} does not belong to this batch")
+            if (msg.taskId, msg.round, msg.attempt, bytes(msg.modelHash)) != (task_id, round_, attempt, bytes(model_hash)):
+                raise ValueError(f"vote for task {msg.taskId} round {msg.round} attempt {msg.attempt} "
+                                 "does not belong to this batch")
             signer = eip712.recover(self.domain, msg, sig)
             if signer not in index:
                 raise eip712.SignatureError(f"vote signed by {signer}, not a participant")
             items.append((index[signer], bool(msg.accept), int(msg.accuracyBps), *compact_signature(sig)))
         return items
 
-    def _reveal_items(self, task_id: int, round_: int, reveals: Sequence[Signed],
+    def _reveal_items(self, task_id: int, round_: int, attempt: int, reveals: Sequence[Signed],
                       plist: Sequence[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
         index = {to_checksum_address(m): i for i, (m, _) in enumerate(plist)}
         items = []
         for msg, sig in reveals:
             if not isinstance(msg, eip712.Reveal):
                 raise TypeError("reveals must be (eip712.Reveal, signature) pairs")
-            if (msg.taskId, msg.round) != (task_id, round_):
-                raise ValueError(f"reveal for task {msg.taskId} round {msg.round} does not belong to this batch")
+            if (msg.taskId, msg.round, msg.attempt) != (task_id, round_, attempt):
+                raise ValueError(f"reveal for task {msg.taskId} round {msg.round} attempt {msg.attempt} "
+                                 "does not belong to this batch")
             signer = eip712.recover(self.domain, msg, sig)
             if signer not in index:
                 raise eip712.SignatureError(f"reveal signed by {signer}, not a participant")
@@ -411,7 +556,7 @@ class ModelMineClient:
 
     def settle(self, sender: LocalAccount, task_id: int,
                participants: Sequence[tuple[str, bytes]] | None = None) -> TxResult:
-        """Pay the finalized round after its reveal window; slashes non-revealers."""
+        """Pay the finalized round once all revealed or after its reveal window; slashes non-revealers."""
         plist = list(participants) if participants is not None else self.participants(task_id)
         return self._tx(self.contract.functions.settle(task_id, plist), sender)
 
@@ -450,21 +595,38 @@ class ModelMineClient:
         """The stored task as a dict (field names as in Solidity)."""
         return self._struct("Task", self.chain.call(self.contract.functions.getTask(task_id)))
 
+    def task_settings(self, task_id: int) -> dict[str, Any]:
+        """The task's fixed round settings: k, quantBits, clipMicros, secaggBackend, supportMode,
+        threshold, and the economics snapshotted at publish (feeBps, slashBps, aggregatorShareBps,
+        voterShareBps, quorumBps, minStake, commitWindow, roundWindow)."""
+        t = self.task(task_id)
+        keys = ("k", "quantBits", "clipMicros", "secaggBackend", "supportMode", "threshold", "feeBps", "slashBps",
+                "aggregatorShareBps", "voterShareBps", "quorumBps", "minStake", "commitWindow", "roundWindow")
+        return {k: t[k] for k in keys}
+
+    def escrow(self, task_id: int) -> int:
+        """Wei the task still holds (pool minus every payout and refund)."""
+        t = self.task(task_id)
+        return int(t["pool"]) - int(t["released"])
+
     def round_state(self, task_id: int) -> dict[str, Any]:
-        """The task's current round attempt (round, epoch, phase, counts, deadline, hashes...)."""
-        return self._struct("RoundState", self.chain.call(self.contract.functions.getRound(task_id)))
+        """The task's current round attempt (round, attempt, phase, counts, deadlines, hashes...).
+        ``epoch`` is an alias of ``attempt`` (the task-wide attempt counter)."""
+        rs = self._struct("RoundState", self.chain.call(self.contract.functions.getRound(task_id)))
+        rs["epoch"] = rs["attempt"]
+        return rs
 
     def miner_round(self, task_id: int, miner: str) -> dict[str, Any]:
-        """A miner's per-task record (epoch, round, flags, commitTag, score)."""
+        """A miner's per-task record (attempt, flags, score, pending)."""
         fn = self.contract.functions.minerRound(task_id, to_checksum_address(miner))
         return self._struct("MinerRound", self.chain.call(fn))
 
     def miner(self, address: str) -> dict[str, Any]:
-        """A miner's stake record (stake, unlockAt, registered)."""
+        """A miner's stake record (stake, unlockAt, registered, index, openTasks)."""
         return self._struct("Miner", self.chain.call(self.contract.functions.miner(to_checksum_address(address))))
 
     def max_score(self, task_id: int) -> int:
-        """Largest revealable score for the current round: k * (2^(bits-1)-1)^2."""
+        """Largest revealable score of the task: k * (2^(bits-1)-1)^2."""
         return int(self.chain.call(self.contract.functions.maxScore(task_id)))
 
     def task_count(self) -> int:

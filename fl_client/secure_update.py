@@ -110,7 +110,7 @@ def build_submission(
     state.velocity[sparse.indices] += (sparse.values - quantize.dequantize(q, plan.clip, plan.bits)).astype(np.float32)
     score = quantize.score(q)
     nonce = new_nonce()
-    commit = commitment(score, nonce, plan.task_id, plan.round, identity.address)
+    commit = commitment(score, nonce, plan.task_id, plan.round, identity.address, plan.attempt)
     ciphertext = encrypt(q, sparse.indices) if encrypt is not None else secagg.encrypt(  # encrypt: secaggplus's masker
         plan.backend,  # type: ignore[arg-type]
         q,
@@ -130,6 +130,7 @@ def build_submission(
         commitment=commit,
         signature=b"\0" * 65,
         indices=indices_to_bytes(sparse.indices) if plan.support is None else b"",
+        attempt=plan.attempt,
     )
     support_hash = plan.support_hash
     signature = eip712.sign(plan.domain, unsigned.message(support_hash), identity.eth_key)
@@ -156,12 +157,12 @@ def cast_vote(
     """
     last = store.last_accepted_accuracy()
     accept = weights_hash == request.model_hash and (last is None or accuracy >= last - request.tolerance)
-    vote = Vote(request.task_id, request.round, request.model_hash, accept, int(round(accuracy * 10_000)))
+    vote = Vote(request.task_id, request.round, request.model_hash, accept, int(round(accuracy * 10_000)), request.attempt)
     vote_sig = eip712.sign(request.domain, vote, identity.eth_key)
     opening = store.openings().get(request.round)
     reveal, reveal_sig = None, b""
     if opening is not None:
-        reveal = Reveal(request.task_id, request.round, opening.score, opening.nonce)
+        reveal = Reveal(request.task_id, request.round, opening.score, opening.nonce, request.attempt)
         reveal_sig = eip712.sign(request.domain, reveal, identity.eth_key)
     if accept:
         store.save_accepted_accuracy(accuracy)

@@ -270,6 +270,13 @@ def open_chain(
         miner_folders=[],  # miners register themselves (fl_server.enrollment)
         target_bps=int(round(float(cfg.task.target_accuracy) * 10_000)),
         tolerance=float(cfg.task.vote_tolerance),
+        # the round settings fixed in the task on chain (rules v2): support size cap k = d, bits, clip, backend, t
+        support_k=num_parameters(initial),
+        bits=int(cfg.secagg.bits),
+        clip=float(cfg.secagg.clip),
+        secagg_backend=str(cfg.secagg.backend),
+        support_mode=str(cfg.dgc.support),
+        threshold=int(cfg.secagg.get("threshold", 2)),
     )
     secrets.remember_session(session)
     return session

@@ -137,7 +137,11 @@ class ModelMineStrategy(FedAvg):
             assert self._global is not None
             seed = public_seed(self.secure.settings.task_id, server_round, model_hash(state_to_bytes(self._global)))
             task_round = self.chain.round if self.chain is not None else None
-            self._plan = self.secure.plan(server_round, seed, task_round)
+            attempt = self.chain.next_attempt() if self.chain is not None else None
+            self._plan = self.secure.plan(server_round, seed, task_round, attempt)
+            if self.chain is not None:  # rules v2: the round is opened on chain with the selected miners
+                addresses = [a for a in map(self.secure.registry.address_of, node_ids) if a is not None]
+                self.chain.open_round(self._plan, addresses)
             for key, value in self._plan.to_config().items():
                 config[key] = value
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -223,6 +227,8 @@ class ModelMineStrategy(FedAvg):
         info["train_loss"] = float(np.mean([a.metrics.get("train-loss", np.nan) for a in accepted])) if accepted else np.nan
         info["train_seconds"] = float(np.mean([a.metrics.get("train-seconds", np.nan) for a in accepted])) if accepted else np.nan
         info["protect_seconds"] = float(np.mean([a.metrics.get("protect-seconds", np.nan) for a in accepted])) if accepted else np.nan
+        if self.chain is not None and accepted:  # commitments on chain before decryption: the key service reads I
+            self.chain.commit(self._plan, accepted)
         if len(accepted) < self.min_replies:
             log.warning("round %d: %d valid submissions < %d; global model unchanged", server_round, len(accepted), self.min_replies)
             return None, None

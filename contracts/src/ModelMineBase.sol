@@ -6,28 +6,41 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {IModelMine} from "./IModelMine.sol";
 
-/// @title ModelMineBase — storage, network parameters, pull-payment balances
+/// @title ModelMineBase — storage, bounded network parameters, pull-payment balances
 /// @notice Balances are pull payments: every reward, fee, aggregator share, refund and slash is credited
-///         to `earned` and paid out only by `claim` (checks-effects-interactions + reentrancy guard).
-///         `earned` and `withdrawn` only grow, so the slot never returns to zero (cheap re-credits).
+///         and paid out only by `claim`/`claimRewards` (checks-effects-interactions + reentrancy guard).
+///         Network parameters are bounded; fee, slash and minimum stake are copied into each task at
+///         publish, so an owner change applies to new tasks only.
 abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuard {
     uint16 internal constant BPS = 10_000;
     uint16 internal constant MAX_PARTICIPANTS = 1024;
+    // ---- bounds (every parameter has one)
+    uint16 public constant MAX_FEE_BPS = 1_000;
+    uint16 public constant MAX_SLASH_BPS = 5_000;
+    uint128 public constant MAX_MIN_STAKE = 1_000 ether;
+    uint32 public constant MAX_UNBONDING = 30 days;
+    uint32 public constant MIN_WINDOW = 60;
+    uint32 public constant MAX_WINDOW = 30 days;
+    uint32 public constant MAX_ROUNDS = 10_000;
+    uint64 public constant MAX_TASK_DURATION = 365 days;
+    uint16 public constant MAX_AGGREGATOR_SHARE_BPS = 3_000;
+    uint16 public constant MAX_VOTER_SHARE_BPS = 5_000;
+    uint16 public constant MIN_QUORUM_BPS = 5_000;
+    uint64 public constant MAX_CLIP_MICROS = 1e12;
+    uint8 public constant MAX_SECAGG_BACKEND = 3;
+    uint8 public constant MAX_SUPPORT_MODE = 1;
+
+    // ---- per (task, miner) word: epoch(32) | flags(8) << 32 | score(64) << 40 | pending(96) << 104
     uint8 internal constant COMMITTED = 1;
     uint8 internal constant REVEALED = 4;
     uint8 internal constant FAULT = 8;
-    // Packed per (task, miner) word, reused across rounds:
-    // epoch(32) | round(32) << 32 | flags(8) << 64 | commitTag(48) << 72 | score(64) << 120 | pending(72) << 184
-    // `pending` accrues the miner's rewards in this task until `claimRewards` (saves a cold balance
-    // write per miner per round); a credit that would overflow it goes to the address balance.
-    uint256 internal constant ROUND_SHIFT = 32;
-    uint256 internal constant FLAGS_SHIFT = 64;
-    uint256 internal constant TAG_SHIFT = 72;
-    uint256 internal constant TAG_MASK = (1 << 48) - 1;
-    uint256 internal constant SCORE_SHIFT = 120;
+    uint8 internal constant OPEN = 16;
+    uint256 internal constant EPOCH_MASK = (1 << 32) - 1;
+    uint256 internal constant FLAGS_SHIFT = 32;
+    uint256 internal constant SCORE_SHIFT = 40;
     uint256 internal constant SCORE_MASK = (1 << 64) - 1;
-    uint256 internal constant PENDING_SHIFT = 184;
-    uint256 internal constant PENDING_MASK = (1 << 72) - 1;
+    uint256 internal constant PENDING_SHIFT = 104;
+    uint256 internal constant PENDING_MASK = (1 << 96) - 1;
 
     struct Balance {
         uint128 earned;
@@ -38,14 +51,21 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     address public treasury;
     /// @notice Network fee in basis points, copied into each task at publish time.
     uint16 public feeBps;
-    /// @notice Share of a miner's stake taken for a missing, mismatching or out-of-range reveal.
+    /// @notice Share of a miner's stake taken for a missing or invalid reveal (copied into each task).
     uint16 public slashBps;
-    /// @notice Seconds between `requestUnstake` and `withdrawStake`.
+    /// @notice Seconds between `requestUnstake` and `withdrawStake` (fixed per request).
     uint32 public unbondingPeriod;
-    /// @notice Minimum stake a miner needs to submit.
+    /// @notice Minimum stake a miner needs to commit (copied into each task).
     uint128 public minStake;
     /// @notice Number of tasks published so far (task ids start at 1).
     uint256 public taskCount;
+    /// @notice Number of miners ever registered (miner indices start at 1).
+    uint32 public minerCount;
+
+    bytes32 internal constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    uint256 private immutable _cachedChainId;
+    bytes32 private immutable _cachedDomainSeparator;
 
     mapping(uint256 taskId => Task) internal _tasks;
     mapping(uint256 taskId => RoundState) internal _rounds;
@@ -54,13 +74,18 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     mapping(uint256 taskId => mapping(address miner => uint256 packed)) internal _minerRounds;
     mapping(uint256 taskId => mapping(uint256 word => uint256)) internal _accuracies;
     mapping(uint256 taskId => mapping(uint256 word => uint256)) internal _voteBits;
+    mapping(uint256 taskId => mapping(uint256 word => uint256)) internal _selectBits;
     mapping(address miner => Miner) internal _miners;
+    mapping(uint32 index => address miner) internal _minerAt;
     mapping(address miner => bytes) internal _minerKeys;
+    mapping(address miner => uint256) internal _registrationNonces;
     mapping(address account => Balance) internal _balances;
 
     constructor(address owner_, address treasury_, uint16 feeBps_, uint128 minStake_, uint16 slashBps_, uint32 unbonding_)
         Ownable(owner_)
     {
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
         _setTreasury(treasury_);
         _setNetworkParams(feeBps_, minStake_, slashBps_, unbonding_);
     }
@@ -72,7 +97,8 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
         _setTreasury(treasury_);
     }
 
-    /// @notice Change network parameters for future tasks (fee) and all miners (stake, slash, unbonding).
+    /// @notice Change the network parameters (bounded). Fee, slash and minimum stake apply to tasks
+    ///         published afterwards; the unbonding period to unstake requests made afterwards.
     function setNetworkParams(uint16 feeBps_, uint128 minStake_, uint16 slashBps_, uint32 unbonding_)
         external
         onlyOwner
@@ -80,8 +106,9 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
         _setNetworkParams(feeBps_, minStake_, slashBps_, unbonding_);
     }
 
-    /// @notice Stop publishing, registration, commits, proposals, votes and finalization. Reveals,
-    ///         settlement, claims and stake withdrawals stay open so that owed rewards can always be paid.
+    /// @notice Stop new work: publishing, registration and opening rounds. Rounds already open keep
+    ///         running (commit, propose, vote, reveal, finalize, settle, expire), and claims and stake
+    ///         withdrawals stay open, so a pause cannot trap or confiscate anything.
     function pause() external onlyOwner {
         _pause();
     }
@@ -95,7 +122,6 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
 
     /// @notice Pay the caller everything credited to its address balance (fees, aggregator shares,
     ///         refunds, overflowed rewards) and not yet withdrawn.
-    /// @dev Effects (withdrawn = earned) before the transfer; nonReentrant on top.
     function claim() external nonReentrant returns (uint256 amount) {
         amount = _drainBalance(msg.sender);
         _pay(amount);
@@ -134,6 +160,29 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
         return (b.earned, b.withdrawn);
     }
 
+    // ------------------------------------------------------------------ EIP-712
+
+    /// @notice The EIP-712 domain separator: ("ModelMine", "1", chainid, this contract).
+    function domainSeparator() public view returns (bytes32) {
+        return block.chainid == _cachedChainId ? _cachedDomainSeparator : _buildDomainSeparator();
+    }
+
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, keccak256("ModelMine"), keccak256("1"), block.chainid, address(this)));
+    }
+
+    /// @dev keccak256("\x19\x01" || domainSeparator || structHash), as OpenZeppelin's EIP712._hashTypedDataV4.
+    function _hashTypedDataV4(bytes32 structHash) internal view returns (bytes32 digest) {
+        bytes32 sep = domainSeparator();
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, hex"1901")
+            mstore(add(ptr, 0x02), sep)
+            mstore(add(ptr, 0x22), structHash)
+            digest := keccak256(ptr, 0x42)
+        }
+    }
+
     // ------------------------------------------------------------------ internals
 
     function _drainBalance(address account) internal returns (uint256 amount) {
@@ -168,8 +217,10 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     }
 
     function _setNetworkParams(uint16 feeBps_, uint128 minStake_, uint16 slashBps_, uint32 unbonding_) internal {
-        if (feeBps_ > BPS) revert InvalidParams("feeBps");
-        if (slashBps_ > BPS) revert InvalidParams("slashBps");
+        if (feeBps_ > MAX_FEE_BPS) revert InvalidParams("feeBps");
+        if (slashBps_ > MAX_SLASH_BPS) revert InvalidParams("slashBps");
+        if (minStake_ > MAX_MIN_STAKE) revert InvalidParams("minStake");
+        if (unbonding_ > MAX_UNBONDING) revert InvalidParams("unbondingPeriod");
         feeBps = feeBps_;
         minStake = minStake_;
         slashBps = slashBps_;

@@ -1,4 +1,4 @@
-"""Commitments: byte-identical to Solidity keccak256(abi.encode(score, nonce, taskId, round, miner))."""
+"""Commitments: byte-identical to Solidity keccak256(abi.encode(score, nonce, taskId, round, attempt, miner))."""
 
 from __future__ import annotations
 
@@ -17,46 +17,38 @@ from aggregator.commitments import (
     verify_opening,
 )
 
-# Computed once by a Solidity 0.8 contract (solc-js, evm cancun) executed on py-evm:
-#   keccak256(abi.encode(score, nonce, taskId, round, miner))
+# Computed once by a Solidity 0.8 contract (solc-js 0.8.37, evm cancun) executed on py-evm:
+#   keccak256(abi.encode(score, nonce, taskId, round, attempt, miner))
 SOLIDITY_VECTORS = [
-    (
-        123456789,
-        bytes.fromhex("11" * 32),
-        42,
-        7,
-        "0x00000000000000000000000000000000DeaDBeef",
-        "82e93efad668aa311fb26b8444469a148798bea4490e7641f620ecf35e0511ef",
-    ),
-    (
-        2**256 - 1,
-        bytes(range(32)),
-        2**255,
-        0,
-        "0xFFfFfFffFFfffFFfFFfFFFFFffFFFffffFfFFFfF",
-        "1347e4b7bcd5ab2b14141243bad57f76c33f5dbb0aa2328310d002aa19dc17cf",
-    ),
-    (
-        0,
-        bytes(32),
-        0,
-        1,
-        "0x0000000000000000000000000000000000000001",
-        "e17f3002ffddbfd2e093453cf5023e3a1ef01e7edfb7087bba09916ae8fe400f",
-    ),
+    (123456789, bytes.fromhex("11" * 32), 42, 7, 3, "0x00000000000000000000000000000000DeaDBeef",
+     "1db433f80f6e0133f1d75a57712bc926af884c46addef9d506a77a985c738e94"),
+    (2**256 - 1, b"\xff" * 32, 2**256 - 1, 2**256 - 1, 2**256 - 1, "0xFFfFfFffFFfffFFfFFfFFFFFffFFFffffFfFFFfF",
+     "f8e200b647f3ccec634a254a7e4aa1c35871abe36739357ce142735c6eeffa4b"),
+    (0, bytes(32), 0, 1, 1, "0x0000000000000000000000000000000000000001",
+     "f3401b514e6f3157ef81a3dc11bd601958599d0f45a9bfb54940f02bc4faadbb"),
 ]
 
 
-@pytest.mark.parametrize(("score", "nonce", "task", "rnd", "miner", "expected"), SOLIDITY_VECTORS)
-def test_solidity_vectors(score: int, nonce: bytes, task: int, rnd: int, miner: str, expected: str) -> None:
-    assert commitment(score, nonce, task, rnd, miner).hex() == expected
+@pytest.mark.parametrize(("score", "nonce", "task", "rnd", "attempt", "miner", "expected"), SOLIDITY_VECTORS)
+def test_solidity_vectors(score: int, nonce: bytes, task: int, rnd: int, attempt: int, miner: str, expected: str) -> None:
+    assert commitment(score, nonce, task, rnd, miner, attempt).hex() == expected
+
+
+def test_attempt_is_bound() -> None:
+    """An opening of one attempt does not open the same round's commitment in another attempt."""
+    miner, nonce = "0x00000000000000000000000000000000DeaDBeef", new_nonce()
+    c = commitment(10, nonce, 1, 2, miner, 5)
+    assert verify_opening(c, Opening(10, nonce), 1, 2, miner, 5)
+    assert not verify_opening(c, Opening(10, nonce), 1, 2, miner, 6)
+    assert commitment(10, nonce, 1, 2, miner) == commitment(10, nonce, 1, 2, miner, 1)
 
 
 def _manual_abi(score: int, nonce: bytes, task: int, rnd: int, miner: str) -> bytes:
-    """abi.encode of static types by hand: every word 32 bytes, address left-padded."""
+    """abi.encode of static types by hand (attempt 1): every word 32 bytes, address left-padded."""
     addr = bytes.fromhex(miner[2:])
     return (
-        score.to_bytes(32, "big") + nonce + task.to_bytes(32, "big") + rnd.to_bytes(32, "big") + bytes(12) + addr
+        score.to_bytes(32, "big") + nonce + task.to_bytes(32, "big") + rnd.to_bytes(32, "big")
+        + (1).to_bytes(32, "big") + bytes(12) + addr
     )
 
 
@@ -67,7 +59,8 @@ addresses = st.binary(min_size=20, max_size=20).map(lambda b: to_checksum_addres
 @settings(max_examples=50, deadline=None)
 @given(uint256, st.binary(min_size=32, max_size=32), uint256, uint256, addresses)
 def test_matches_eth_abi_and_manual_encoding(score: int, nonce: bytes, task: int, rnd: int, miner: str) -> None:
-    expected = keccak(encode(["uint256", "bytes32", "uint256", "uint256", "address"], [score, nonce, task, rnd, miner]))
+    expected = keccak(encode(["uint256", "bytes32", "uint256", "uint256", "uint256", "address"],
+                             [score, nonce, task, rnd, 1, miner]))
     assert commitment(score, nonce, task, rnd, miner) == expected
     assert keccak(_manual_abi(score, nonce, task, rnd, miner)) == expected
     # lower-case address gives the same commitment

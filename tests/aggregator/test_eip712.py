@@ -12,19 +12,22 @@ from aggregator import eip712 as E
 VC = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"
 DOMAIN = E.Domain(chain_id=31337, verifying_contract=VC)
 
-SUBMISSION = E.Submission(42, 7, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
-VOTE = E.Vote(42, 7, b"\x04" * 32, True, 9712)
-REVEAL = E.Reveal(42, 7, 123456789, b"\x11" * 32)
+SUBMISSION = E.Submission(42, 7, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, attempt=3)
+VOTE = E.Vote(42, 7, b"\x04" * 32, True, 9712, attempt=3)
+REVEAL = E.Reveal(42, 7, 123456789, b"\x11" * 32, attempt=3)
+REGISTRATION = E.Registration("0x00000000000000000000000000000000DeaDBeef", b"\x02" + b"\x07" * 32, 1, 1_800_000_000)
 
-# Computed once by a Solidity 0.8 contract (solc-js, evm cancun, run on py-evm) that builds the
-# domain separator and struct hashes from the type strings by hand: keccak256("\x19\x01" || ds || s).
+# Computed once by a Solidity 0.8 contract (solc-js 0.8.37, evm cancun, run on py-evm) that builds the
+# domain separator and struct hashes from the type strings by hand: keccak256("\x19\x01" || ds || s)
+# (bytes fields hashed with keccak256, as EIP-712 specifies).
 SOLIDITY_DIGESTS = {
-    "Submission": "a388def18fc07a1b45765d6aca0ef645d5adea20166256ad050bbdc80b842703",
-    "Vote": "a42cde18809d63af913de2520141ac5517ec9a2ec1c1f08d28dea965c251938c",
-    "Reveal": "5547890f22294c918920422fc8ad7deb10e40c23f8e6c6d6bf6292b7f980373d",
+    "Submission": "7bdb84a46e4fbc4ae0db8c131f10a35de2af70d2f3329ae615b3b531358c31f9",
+    "Vote": "e6928cc94f945d060b17a793ee59b3cdda01fa4e03b92939a9748e0f5474e1c4",
+    "Reveal": "50e2776c4773f9cb979f19645acdaca1f4059549585a8c8fdb173154eced8d19",
+    "Registration": "5acf69717c0d7de1fe58edf454c5007bb29547da429b006b1ff5b3b690db299a",
 }
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-MESSAGES = [SUBMISSION, VOTE, REVEAL]
+MESSAGES = [SUBMISSION, VOTE, REVEAL, REGISTRATION]
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -38,10 +41,25 @@ def test_type_strings_unchanged() -> None:
         return f"{name}({fields})"
 
     assert type_string("Submission") == (
-        "Submission(uint256 taskId,uint256 round,bytes32 supportHash,bytes32 ciphertextHash,bytes32 commitment)"
+        "Submission(uint256 taskId,uint256 round,uint256 attempt,bytes32 supportHash,bytes32 ciphertextHash,"
+        "bytes32 commitment)"
     )
-    assert type_string("Vote") == "Vote(uint256 taskId,uint256 round,bytes32 modelHash,bool accept,uint256 accuracyBps)"
-    assert type_string("Reveal") == "Reveal(uint256 taskId,uint256 round,uint256 score,bytes32 nonce)"
+    assert type_string("Vote") == (
+        "Vote(uint256 taskId,uint256 round,uint256 attempt,bytes32 modelHash,bool accept,uint256 accuracyBps)"
+    )
+    assert type_string("Reveal") == "Reveal(uint256 taskId,uint256 round,uint256 attempt,uint256 score,bytes32 nonce)"
+    assert type_string("Registration") == (
+        "Registration(address miner,bytes secaggKey,uint256 nonce,uint256 deadline)"
+    )
+
+
+@pytest.mark.parametrize("message", [SUBMISSION, VOTE, REVEAL], ids=lambda m: type(m).__name__)
+def test_signature_of_one_attempt_is_useless_for_another(message: E.Message) -> None:
+    """Replay across retries: the attempt is part of what is signed."""
+    acct = Account.create()
+    sig = E.sign(DOMAIN, message, acct.key)
+    with pytest.raises(E.SignatureError):
+        E.verify(DOMAIN, dataclasses.replace(message, attempt=message.attempt + 1), sig, acct.address)
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -63,7 +81,8 @@ def test_wrong_signer_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("taskId", 43), ("round", 8), ("supportHash", b"\x09" * 32), ("ciphertextHash", b"\x00" * 32), ("commitment", b"\x05" * 32)],
+    [("taskId", 43), ("round", 8), ("attempt", 4), ("supportHash", b"\x09" * 32), ("ciphertextHash", b"\x00" * 32),
+     ("commitment", b"\x05" * 32)],
 )
 def test_tampered_field_rejected(field: str, value: object) -> None:
     acct = Account.create()
