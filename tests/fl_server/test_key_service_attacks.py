@@ -376,3 +376,26 @@ def test_cli_config_builds_a_working_service(miners, tmp_path, monkeypatch):
     monkeypatch.delenv("MODELMINE_PUBLISHER_SECAGG_KEY", raising=False)
     with pytest.raises(Exception, match="readable by others"):
         build(cfg)
+
+
+def test_defect3_connections_beyond_the_cap_are_dropped_not_queued(miners):
+    """Slow clients cannot pile up threads: with max_connections=1 and one silent client holding the
+    slot, the next connection is closed at once; after the silent one times out, service resumes."""
+    keys, addrs = miners
+    credential = new_credential()
+    issuer = issuer_for(keys, FakeChain((ROUND, ATTEMPT), set(addrs)))
+    server = make_server(issuer, credential, socket_timeout_s=1.0, max_connections=1)
+    serve_in_thread(server)
+    try:
+        silent = socket.create_connection(server.server_address[:2], timeout=10)
+        silent.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\n")  # headers never finished
+        time.sleep(0.2)
+        with socket.create_connection(server.server_address[:2], timeout=10) as second:
+            second.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert second.recv(100) == b""  # dropped, not served and not queued behind the silent one
+        assert silent.recv(100) == b""  # cut off by the socket timeout, without an answer
+        silent.close()
+        _works(server, credential, addrs)
+    finally:
+        server.shutdown()
+        server.server_close()
