@@ -234,6 +234,8 @@ class ModelMineStrategy(FedAvg):
             return None, None
         try:
             mean_update = (self.secaggplus or self.secure).aggregate(self._plan, accepted)
+            if self.secaggplus is not None:  # the key, share and unmask replies are uploads too
+                info["upload_bytes"] += self.secaggplus.history[-1]["stage_bytes_per_miner"]
         except RoundFailed as exc:
             log.error("round %d failed, global model unchanged: %s", server_round, exc)
             self.rejections.append((server_round, f"round failed: {exc}"))

@@ -36,6 +36,27 @@ def test_share_settings_are_valid_for_small_and_large_federations() -> None:
     assert secaggplus_shares(10) == (5, 3)
 
 
+def test_bench_modes_name_flower_baseline_and_ours_apart() -> None:
+    bench = _bench()
+    assert bench.MODES["flower-secaggplus"][0] == "flower-secaggplus" and "secaggplus" not in bench.MODES
+    assert "secagg=secaggplus" in bench.MODES["dgc+secaggplus"][1]
+
+
+@pytest.mark.slow
+def test_protocol_sweep_is_exact_for_every_backend_with_dropouts() -> None:
+    """The in-process rows (used for the 50-miner table): every mode recovers the survivors' sum."""
+    bench = _bench()
+    rows = bench.protocol_rows(miners=(6,), dropouts=(0.0, 0.34), d=3_000, density=0.05)
+    assert len(rows) == 2 * len(bench.PROTOCOL_MODES)
+    for row in rows:
+        assert row["status"] == "ok" and row["exact"] is True, row
+        assert row["survivors"] == (6 if row["dropout"] == 0 else 4)
+    by = {(r["mode"], r["dropout"]): r for r in rows}
+    sap, flower = by[("dgc+secaggplus", 0.34)], by[("flower-secaggplus", 0.34)]
+    assert sap["payload_bytes_per_miner"] == by[("dgc+masked", 0.34)]["payload_bytes_per_miner"]  # same wire format
+    assert flower["payload_bytes_per_miner"] > 8 * 3_000 > 10 * sap["payload_bytes_per_miner"]  # dense int64
+
+
 def test_a_mode_whose_overrides_do_not_compose_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _bench()
     monkeypatch.setitem(bench.MODES, "bogus", ("ours", ("no_such_group=x",)))
@@ -71,8 +92,8 @@ def test_secaggplus_baseline_trains_and_measures(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_rows_have_the_required_keys(tmp_path: Path) -> None:
     bench = _bench()
-    rows = bench.run_bench(["dense", "secaggplus"], _tiny(tmp_path / "data", 1), [], tmp_path / "out")
-    assert [r["mode"] for r in rows] == ["dense", "secaggplus"]
+    rows = bench.run_bench(["dense", "flower-secaggplus"], _tiny(tmp_path / "data", 1), [], tmp_path / "out")
+    assert [r["mode"] for r in rows] == ["dense", "flower-secaggplus"]
     for row in rows:
         assert row["status"] == "ok", row
         assert all(row[key] is not None for key in BENCH_KEYS)
@@ -81,4 +102,4 @@ def test_bench_rows_have_the_required_keys(tmp_path: Path) -> None:
     assert secaggplus["upload_bytes_per_miner"] > dense["upload_bytes_per_miner"]  # dense 8-byte masks + protocol
     bench.write_csv(rows, tmp_path / "bench.csv")
     with open(tmp_path / "bench.csv") as fh:
-        assert [r["mode"] for r in csv.DictReader(fh)] == ["dense", "secaggplus"]
+        assert [r["mode"] for r in csv.DictReader(fh)] == ["dense", "flower-secaggplus"]
