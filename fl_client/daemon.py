@@ -275,7 +275,7 @@ class MinerDaemon:
                                              "num-threads": self.cfg.threads}
         procs = TaskProcesses(record.task_id, settings, node_config, self.cfg.allowed_fab_hashes,
                               self.cfg.miner_dir / "logs", self.cfg.supernode_backoff_s,
-                              self.cfg.supernode_max_backoff_s)
+                              self.cfg.supernode_max_backoff_s, flwr_home=self.cfg.miner_dir / "flwr")
         spec = None
         with contextlib.suppress(StoreError):
             spec, _ = self.blobs.fetch_spec(task.metadata_hash)

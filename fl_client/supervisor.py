@@ -161,16 +161,17 @@ class TaskProcesses:
 
     def __init__(self, task_id: int, settings: SuperNodeSettings, node_config: dict[str, str | int],
                  allowed_fab_hashes: list[str], log_dir: Path, backoff_s: float = 1.0,
-                 max_backoff_s: float = 60.0) -> None:
+                 max_backoff_s: float = 60.0, flwr_home: Path | None = None) -> None:
         if not allowed_fab_hashes:
             raise ValueError("no allowed ClientApp (FAB) hash: refusing to run a SuperNode that would run any app")
         self.task_id = task_id
+        env = child_env({"FLWR_HOME": str(flwr_home)} if flwr_home is not None else None)
         self.children = [
             ManagedProcess(f"task {task_id} supernode", supernode_argv(settings, node_config),
-                           log_dir / f"supernode-task{task_id}.log", initial_backoff_s=backoff_s,
+                           log_dir / f"supernode-task{task_id}.log", env=env, initial_backoff_s=backoff_s,
                            max_backoff_s=max_backoff_s),
             ManagedProcess(f"task {task_id} app guard", guard_argv(settings.runtime_port, allowed_fab_hashes),
-                           log_dir / f"app-guard-task{task_id}.log", initial_backoff_s=backoff_s,
+                           log_dir / f"app-guard-task{task_id}.log", env=env, initial_backoff_s=backoff_s,
                            max_backoff_s=max_backoff_s),
         ]
 

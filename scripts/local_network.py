@@ -226,7 +226,7 @@ def start(args: argparse.Namespace) -> Started:
                                 "31337", "--hardfork", "cancun", "--accounts", "2", "--code-size-limit", "100000"])
     rpc = f"http://127.0.0.1:{ports['anvil']}"
     wait_port(ports["anvil"], 20, anvil, "anvil")
-    chain = Chain(ChainConfig(backend="rpc", rpc_url=rpc))
+    chain = Chain(ChainConfig.from_mapping({"backend": "rpc", "rpc_url": rpc, "dev_chain": True}))  # funding only
     deployer = Account.create()
     chain.fund(deployer.address, 10**20)
     client = ModelMineClient.deploy(chain, deployer)
@@ -262,7 +262,8 @@ def start(args: argparse.Namespace) -> Started:
     superlink = net.spawn("superlink", [str(VENV_BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
                                         "--port", str(ports["superlink"]), "--database",
                                         str(run_dir / "superlink.db")],
-                          env=child_env({"MODELMINE_STORE_TOKEN_FILE": str(run_dir / "store" / "upload.token")}))
+                          env=child_env({"MODELMINE_STORE_TOKEN_FILE": str(run_dir / "store" / "upload.token"),
+                                         "FLWR_HOME": str(run_dir / "flwr")}))
     wait_port(ports["superlink"], 120, superlink, "flower-superlink")
     superlink_addr = f"127.0.0.1:{ports['superlink']}"
     say(f"store {store_url}, SuperLink {superlink_addr}")
@@ -356,7 +357,7 @@ def start(args: argparse.Namespace) -> Started:
         f"dataset={args.dataset}", f"model={args.model}", f"num_miners={args.miners}", f"rounds={args.rounds}",
         f"seed={args.seed}", f"data_root={data_root}", "auto_prepare=false", f"secagg={args.secagg}",
         f"secagg.bits={args.bits}", f"secagg.clip={args.clip}", f"dgc.density={args.density}",
-        f"dgc.warmup_rounds={args.warmup_rounds}", "chain=anvil", f"chain.rpc_url={rpc}", "chain.start_anvil=false",
+        f"dgc.warmup_rounds={args.warmup_rounds}", "chain=anvil", f"chain.rpc_url={rpc}", "chain.start_anvil=false", "++chain.dev_chain=true",
         f"chain.contract_address={client.address}", f"chain.round_window_s={args.round_window_s}",
         f"strategy.round_timeout_s={args.round_timeout_s}",
     ])
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--run-dir", help="folder for keys, logs, state (default outputs/network/<date>-<time>)")
     u.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist"])
     u.add_argument("--model", default="mlp")
-    u.add_argument("--model-kwargs", default='{"hidden":[64]}')
+    u.add_argument("--model-kwargs", default="{}", help="JSON; must equal conf/model/<model>.yaml's kwargs (the server's)")
     u.add_argument("--secagg", default="masked", choices=["masked", "nddfe"])
     u.add_argument("--bits", type=int, default=15)
     u.add_argument("--clip", type=float, default=0.5)
@@ -658,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
             if run is not None and not args.keep:
                 down_network(Network.load(run))
             return 1
+        except Exception:  # an unexpected failure: stop what was started, then show the traceback
+            run = latest_run_dir()
+            if run is not None and not args.keep:
+                down_network(Network.load(run))
+            raise
         except KeyboardInterrupt:
             run = latest_run_dir()
             if run is not None:

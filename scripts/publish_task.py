@@ -169,7 +169,7 @@ def publish(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         aggregator=spec.aggregator, rounds=args.rounds, deadline=deadline, target_bps=target_bps,
         target_nonce=nonce, dataset_type=args.dataset, round_window_s=args.round_window_s,
         commit_window_s=args.commit_window_s, aggregator_share_bps=args.aggregator_share_bps,
-        quorum_bps=args.quorum_bps, quant_bits=args.bits, k=spec.k_at(1) if args.backend != "none" else d,
+        quorum_bps=args.quorum_bps, quant_bits=args.bits, k=max(spec.k_at(r) for r in range(1, args.rounds + 1)),
         clip=float(args.clip), secagg_backend=args.backend, support_mode=args.support, threshold=args.threshold,
         voter_share_bps=args.voter_share_bps,
     ))
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--round-window-s", type=int, default=3600)
     pub.add_argument("--commit-window-s", type=int, default=3600)
     pub.add_argument("--aggregator-share-bps", type=int, default=1000)
-    pub.add_argument("--voter-share-bps", type=int, default=0)
+    pub.add_argument("--voter-share-bps", type=int, default=1000)
     pub.add_argument("--quorum-bps", type=int, default=5000)
     pub.add_argument("--target-accuracy", type=float, default=0.98)
     pub.add_argument("--secret-out", help="where to keep the target's nonce (0600) for `reveal`")
