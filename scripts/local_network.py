@@ -526,6 +526,9 @@ def follow(net: Network, client: Any, task_id: int, miners: list[dict[str, Any]]
             server_hash = json.loads(summary_path.read_text()).get("final_model_hash")
             break
         time.sleep(1)
+    server_rounds = Path(net.info["server_dir"]) / "rounds.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        round_times = [float(r["round_seconds"]) for r in json.loads(server_rounds.read_text())]
     import requests
 
     store_ok = requests.get(f"{net.info['store_url']}/models/{onchain[2:]}", timeout=10).status_code == 200
