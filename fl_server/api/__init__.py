@@ -133,6 +133,7 @@ class DashboardHandle:
                 with contextlib.suppress(KeyboardInterrupt):
                     time.sleep(self.linger_s)
             self.server.stop()
+        self.db.close()  # checkpoints SQLite's WAL into run.db
 
 
 def attach_dashboard(cfg: Any, out_dir: Path) -> DashboardHandle | None:

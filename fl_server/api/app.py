@@ -224,7 +224,8 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
         """Choices and defaults of the run and task forms."""
         groups = ("dataset", "model", "secagg", "chain", "strategy", "selection")
         return {"choices": {g: config_options(g) for g in groups}, "run_defaults": RunRequest().model_dump(),
-                "publisher_available": publisher.is_file() and profile is not None}
+                "publisher_available": publisher.is_file() and profile is not None,
+                "publisher_script": publisher.is_file(), "publisher_profile": profile is not None}
 
     # -- rounds and metrics -----------------------------------------------------------------------
     @app.get("/api/rounds", tags=["rounds"])

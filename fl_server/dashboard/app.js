@@ -33,7 +33,7 @@ function when(ts) { return ts ? new Date(ts * 1000).toLocaleString() : "–"; }
 function short(s, n = 10) { s = String(s ?? ""); return s.length > n + 4 ? s.slice(0, n) + "…" + s.slice(-4) : s; }
 function badge(text) { return `<span class="badge ${esc(text)}">${esc(text ?? "–")}</span>`; }
 function flash(message, kind = "ok") {
-  const el = $("#flash"); el.textContent = message; el.className = "flash " + kind;
+  const el = document.getElementById("flash"); el.textContent = message; el.title = message; el.className = "flash " + kind;
   clearTimeout(flash.t); flash.t = setTimeout(() => { el.textContent = ""; }, 8000);
 }
 function runQuery(extra = "") {
@@ -246,7 +246,9 @@ pages.tasks = async (root) => {
       { key: "reward_pool_wei", label: "reward", num: true, fmt: eth }, { key: "created_at", label: "created", fmt: when },
     ], { empty: status ? `No task with status '${status}'.` : "No tasks yet.", onClick: (t) => { location.hash = `#/task/${t.id}`; } }) +
     `<h2>Publish a task</h2><div class="panel">
-     ${options.publisher_available ? "" : `<p class="empty">The publisher (scripts/publish_task.py) is not installed: a request is recorded but not published.</p>`}
+     ${options.publisher_available ? "" : `<p class="empty">${options.publisher_script
+        ? "No publisher profile is configured (python -m fl_server.api --publisher-profile FILE)"
+        : "The publisher (scripts/publish_task.py) is not installed"}: a request is recorded but not published.</p>`}
      <form class="grid" id="task-form" novalidate>
       <label>Dataset <select name="dataset">${opt(options.choices.dataset, "mnist")}</select></label>
       <label>Model <select name="model">${opt(options.choices.model, "cnn_small")}</select></label>
@@ -269,11 +271,13 @@ pages.tasks = async (root) => {
     const body = Object.fromEntries(new FormData(form).entries());
     ["rounds"].forEach((k) => { body[k] = parseInt(body[k], 10); });
     ["reward_eth", "deadline_hours", "target_accuracy"].forEach((k) => { body[k] = parseFloat(body[k]); });
+    let message = "";
     try {
       const res = await api("/api/tasks", { method: "POST", body });
-      out.textContent = ""; flash(`task ${res.task} ${res.status}`);
-      render();
-    } catch (err) { out.textContent = err.message; flash(err.message, "error"); }
+      flash(`task ${res.task} ${res.status}`);
+    } catch (err) { message = err.message; flash(err.message, "error"); }
+    await render();  // the list shows the recorded request either way
+    $("#task-form-error").textContent = message;
   });
 };
 

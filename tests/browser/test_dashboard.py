@@ -199,8 +199,54 @@ def test_start_a_run_from_the_settings_form(browser: object, tmp_path: Path) -> 
                                timeout=300_000)
         assert points(page) == 2
         page.screenshot(path=str(SHOTS / "overview-from-settings.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        stop(proc)
+
+
+def test_chain_tasks_and_miner_pages_show_recorded_chain_data(browser: object, tmp_path: Path) -> None:
+    """The pages a chain run fills (its events written through the real bus into a database), without
+    training: candidate blocks, votes, balances, a task's timeline, a miner's view, the task filter and a
+    publish request the server refuses with a reason."""
+    from fl_server.rundb import RunDB
+    from tests.fl_server.test_rundb import ADDR_A, feed
+
+    db = RunDB.open(tmp_path / "chain.db")
+    feed(db)
+    db.close()
+    port = free_port()
+    log = tmp_path / "api.log"
+    proc, lines = start([sys.executable, "-m", "fl_server.api", "--db", str(tmp_path / "chain.db"), "--port", str(port),
+                         "--runs-dir", str(tmp_path / "api_runs")], log)
+    try:
+        url = wait_for_url(proc, lines, log, timeout=60)
+        page, errors = new_page(browser)
+        page.goto(url + "#/chain")
+        page.wait_for_selector("[data-testid=blocks] tbody tr")
+        assert page.locator("[data-testid=votes] tbody tr").count() == 2
+        assert "1.500000 ETH" in page.locator("[data-testid=balances]").inner_text()  # claimable
+        page.screenshot(path=str(SHOTS / "chain-recorded.png"), full_page=True)
+        page.click("[data-testid=chain-tasks] tbody tr")
+        page.wait_for_selector("[data-testid=timeline]")
+        timeline = page.locator("[data-testid=timeline]").inner_text()
+        assert "published on chain" in timeline and "block finalized" in timeline and "reward" in timeline
+        page.screenshot(path=str(SHOTS / "task.png"), full_page=True)
+        page.goto(url + f"#/miners/{ADDR_A}")
+        page.wait_for_selector("[data-testid=claimable]")
+        assert page.locator("[data-testid=claimable]").inner_text() == "1.500000 ETH"
+        page.screenshot(path=str(SHOTS / "miners.png"), full_page=True)
         page.goto(url + "#/tasks")
-        page.wait_for_selector("[data-testid=tasks]")
+        page.wait_for_selector("[data-testid=task-status]")
+        page.select_option("[data-testid=task-status]", "completed")
+        page.wait_for_selector("[data-testid=tasks] .empty")  # filtered to nothing, and says so
+        page.goto(url + "#/settings")
+        page.fill("[data-testid=token]", TOKEN)
+        page.click("#save-token")
+        page.goto(url + "#/tasks")
+        page.click("#task-form button[type=submit]")
+        page.wait_for_function("() => document.querySelector('[data-testid=task-form-error]').textContent"
+                               ".includes('not published')")
+        page.wait_for_selector("[data-testid=tasks] tbody tr >> text=unpublished")  # the request is listed
         page.screenshot(path=str(SHOTS / "tasks.png"), full_page=True)
         assert not errors, errors
     finally:
