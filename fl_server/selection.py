@@ -322,6 +322,7 @@ class OortSelector:
             for n in overdue[:k]:
                 gap = server_round - self.stats.get(n).last_selected_round
                 take(n, f"fairness: not selected for {gap} rounds")
+            self._batch_slow_dues(eligible, chosen, k, server_round, take, probation_blocked)
         taken = set(chosen)
         rest = [n for n in eligible if n not in taken]
         slots = k - len(chosen)
@@ -376,6 +377,27 @@ class OortSelector:
         self.last_decision = SelectionDecision(server_round, self.name, chosen, reasons, skipped, eps, preferred,
                                                scores={n: v[0] for n, v in scored.items()})
         return chosen
+
+    def _batch_slow_dues(self, eligible: list[int], chosen: list[int], k: int, server_round: int,
+                         take: Callable[[int, str], None], blocked: Callable[[int], bool]) -> None:
+        """When a fairness pick already makes this round long, bring forward other slow miners that
+        are due within the next half window (up to half the free slots): their turn then costs no
+        extra long round later."""
+        c = self.config
+        preferred = self.preferred_duration()
+        horizon = max((self.stats.get(n).duration_s for n in chosen if math.isfinite(self.stats.get(n).duration_s)),
+                      default=math.nan)
+        if not (math.isfinite(preferred) and math.isfinite(horizon) and horizon > preferred):
+            return
+        taken = set(chosen)
+        soon = [n for n in eligible if n not in taken and not blocked(n)
+                and server_round - self.stats.get(n).last_selected_round >= (c.fairness_rounds + 1) // 2
+                and preferred < self.stats.get(n).duration_s <= horizon]
+        soon.sort(key=lambda n: (self.stats.get(n).last_selected_round, n))
+        for n in soon[: max(0, (k - len(chosen)) // 2)]:
+            gap = server_round - self.stats.get(n).last_selected_round
+            take(n, f"fairness (batched): due in {c.fairness_rounds - gap} rounds, fits this long round "
+                    f"({self.stats.get(n).duration_s:.1f}s <= {horizon:.1f}s)")
 
     @staticmethod
     def _weighted_draw(pool: list[int], weights: list[float], rng: np.random.Generator, n: int,
@@ -505,6 +527,7 @@ class SelectionController:
         self._timing: RoundTiming | None = None
         self._selected: list[int] = []
         self._extra: dict[str, Any] = {}
+        self._written: dict[Path, int] = {}
 
     @property
     def stats(self) -> MinerStats:
@@ -661,10 +684,14 @@ class SelectionController:
         return extra
 
     def write_jsonl(self, path: Path) -> None:
-        """selection.jsonl: one decision per line (round, policy, selected, reasons, skipped, caps)."""
-        with open(path, "w") as fh:
-            for d in self.decisions:
+        """selection.jsonl: one decision per line (round, policy, selected, reasons, skipped, caps).
+        Appends the decisions not yet written to ``path`` (the first call starts the file afresh)."""
+        path = Path(path)
+        done = self._written.get(path)
+        with open(path, "a" if done is not None else "w") as fh:
+            for d in self.decisions[done or 0:]:
                 fh.write(json.dumps(d.to_dict()) + "\n")
+        self._written[path] = len(self.decisions)
 
 
 # -- wiring ---------------------------------------------------------------------------------------------

@@ -78,7 +78,21 @@ class TreeMemory:
         self._thread.join()
 
 
+RAY_START_FAILURE = "timed out during startup"  # Ray's fixed 30 s raylet limit, hit on an overloaded machine
+
+
 def run_size(n: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One size; retried (up to --retries) when Ray's start-up timed out on a busy machine."""
+    for attempt in range(args.retries + 1):
+        row = _run_size_once(n, args, out)
+        if "error" not in row or RAY_START_FAILURE not in (out / f"n{n}" / "run.log").read_text(errors="replace"):
+            return row
+        print(f"[bench_scale] {n}: Ray did not start in time (busy machine); retry {attempt + 1}", flush=True)
+        time.sleep(20)
+    return row
+
+
+def _run_size_once(n: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     run_dir = out / f"n{n}"
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = [
@@ -143,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=str(REPO / "local_data"))
     p.add_argument("--timeout", type=float, default=3600, help="seconds per size before the run is killed")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    p.add_argument("--retries", type=int, default=2, help="re-runs of a size whose Ray start-up timed out")
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.registered.split(",") if x] or ([40, 120] if args.quick else [100, 300, 1000])
     args.per_round = args.per_round or (20 if args.quick else 50)

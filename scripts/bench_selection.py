@@ -75,7 +75,8 @@ def run_policy(label: str, policy: str, local_work: bool, args: argparse.Namespa
                spec: ModelSpec, out: Path) -> dict[str, Any]:
     sel_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "selection" / f"{policy}.yaml"))
     sel_cfg["per_round"] = args.per_round  # type: ignore[index]
-    sel_cfg["local_work"] = {"enabled": local_work, "target": "deadline", "safety": 0.9, "min_steps": 1}  # type: ignore[index]
+    sel_cfg["local_work"] = {"enabled": local_work, "target": args.local_work_target, "safety": 0.9,  # type: ignore[index]
+                             "min_steps": 1}
     net_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "network" / f"{args.network}.yaml"))
     net_cfg.update(train_time="nominal", nominal_seconds_per_example=args.seconds_per_example)  # type: ignore[union-attr]
     if args.deadline is not None:
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--local-work-target", choices=("deadline", "preferred"), default="preferred",
+                   help="what capped local work must fit: the round deadline or the selector's preferred time T")
     p.add_argument("--data-root", default=str(REPO / "local_data"))
     p.add_argument("--policies", default=",".join(label for label, _, _ in POLICIES))
     args = p.parse_args(argv)

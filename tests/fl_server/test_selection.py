@@ -273,3 +273,16 @@ def test_flower_round_completes_when_selected_miners_time_out(digits_root: Path,
     assert records[-1].accuracy > evaluator(0, ArrayRecord(initial.state_dict()))["accuracy"] + 0.2
     decisions = [d.to_dict() for d in controller.decisions]
     assert [d["round"] for d in decisions] == [1, 2] and all(len(d["selected"]) == 3 for d in decisions)
+
+
+def test_selection_jsonl_appends_one_line_per_round(tmp_path):
+    ctl = SelectionController(OortSelector(2))
+    path = tmp_path / "selection.jsonl"
+    for r in (1, 2, 3):
+        chosen = ctl.select([4, 5, 6], r)
+        ctl.arrive(r, [ReplyFacts(n, True, 1.0, 10, 0.5, 20, 2) for n in chosen])
+        ctl.feedback(r, chosen)
+        ctl.write_jsonl(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["round"] for row in rows] == [1, 2, 3]
+    assert all(len(row["selected"]) == 2 and len(row["skipped"]) == 1 for row in rows)
