@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from aggregator.datasets import get_spec
 from aggregator.dgc import DGCConfig
 from aggregator.eip712 import Domain
+from aggregator.key_issuer import ChainCommitments, UnverifiedCommitments
 from aggregator.models import ModelSpec, build_model, model_hash, num_parameters, state_to_bytes
 from fl_server import secaggplus_round
 from fl_server.chain_round import ChainSession, open_session
@@ -224,8 +225,10 @@ def build_secure_round(
     if session is not None:
         task_id, domain = session.task_id, session.domain
     threshold = int(cfg.secagg.get("threshold", 2))  # t of the task (secagg-hardening)
+    # the set I and the open epoch come from the chain's commitments when there is a chain
+    commitments = ChainCommitments(session.client) if session is not None else UnverifiedCommitments()
     service = None if backend == "secaggplus" else PublisherKeyService(  # SecAgg+ has no key service
-        backend, secrets.publisher, secrets.credential, registry.key_of, int(cfg.secagg.bits), threshold
+        backend, secrets.publisher, secrets.credential, registry.key_of, int(cfg.secagg.bits), threshold, commitments
     )
     key_service_url = str(cfg.deployment.get("key_service_url", "") or "")
     if service is not None and key_service_url:  # deployment: the publisher's own process (scripts/key_service.py)

@@ -81,6 +81,8 @@ class PublisherKeyService:
             return self.issuer.issue(task_id, round_, attempt, addresses, indices)
         except KeyRefused as exc:
             raise KeyServiceError(str(exc)) from exc
+        except Exception as exc:  # chain read failed, ...: like the HTTP service's 500, worth a retry
+            raise KeyServiceUnavailable(f"key service internal error: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
