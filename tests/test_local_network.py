@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def local_network() -> Any:
     spec = importlib.util.spec_from_file_location("local_network", REPO / "scripts" / "local_network.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["local_network"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
