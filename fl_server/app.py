@@ -369,7 +369,7 @@ def serve(grid: Grid, cfg: DictConfig, run_dir: Path, echo: Callable[[str], None
     registry = enroll(
         grid, regs, locator_config(part, root), session=session,
         stake_wei=int(cfg.chain.get("stake_wei", 0) or 0), timeout=timeout,
-        fund_dev_accounts=deployment is None and session is not None and str(cfg.chain.backend) in ("embedded", "rpc"),
+        fund_dev_accounts=deployment is None and session is not None and bool(session.client.chain.cfg.is_dev),
     )
     secure = build_secure_round(cfg, initial, registry, session, secrets) if secure_mode(cfg) else None
     if deployment is not None and secure is not None:

@@ -107,7 +107,7 @@ class Checkpoint:
                 "contract": session.client.address,
                 "task_id": session.task_id,
                 "task_round": int(session.round),
-                "epoch": int(state.get("epoch", 0)),
+                "attempt": int(state.get("attempt", state.get("epoch", 0))),
                 "finalized_rounds": int(task["finalizedRounds"]),
                 "from_block": int(getattr(session.client, "from_block", 0)),
             }
@@ -271,6 +271,8 @@ class ServerSecrets:
             Account.from_key(bytes.fromhex(self.chain["aggregator"])), int(self.chain["target_bps"]),
             bytes.fromhex(self.chain["target_nonce"]), tolerance,
         )
-        session.round = int(client.round_state(task_id)["round"])
+        state = client.round_state(task_id)
+        session.round = int(state["round"])
+        session.attempt = int(state.get("attempt", state.get("epoch", 0)))
         log.info("resume: task %d on %s at task round %d (%d finalized)", task_id, client.address, session.round, finalized)
         return session

@@ -115,7 +115,8 @@ def test_on_chain_resume_finalizes_and_pays_each_round_once(tmp_path):
     if not AnvilProcess.available():
         pytest.skip("anvil binary not installed (npm @foundry-rs/anvil)")
     with AnvilProcess() as anvil:
-        chain = ("secagg=masked", "dgc.density=0.1", "chain=anvil", f"chain.rpc_url={anvil.url}", "chain.start_anvil=false")
+        chain = ("secagg=masked", "dgc.density=0.1", "chain=anvil", f"chain.rpc_url={anvil.url}", "chain.start_anvil=false",
+                 "++chain.dev_chain=true")
         crashed = _fl_server(tmp_path, *chain, "debug.crash_after_round=1")
         assert crashed.returncode == 1 and "simulated server crash" in crashed.stderr, crashed.stderr[-3000:]
         position = CheckpointStore(tmp_path / "run" / "checkpoint").load().chain
