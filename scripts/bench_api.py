@@ -84,7 +84,8 @@ def main() -> int:
         print(f"error: the run printed no dashboard URL; see {out / 'bench_console.log'}", file=sys.stderr)
         return 1
     base = url_holder[0]
-    samples: dict[str, list[float]] = {e: [] for e in ENDPOINTS}
+    samples: dict[str, list[float]] = {e: [] for e in ENDPOINTS}  # as the client saw them
+    server_ms: dict[str, list[float]] = {e: [] for e in ENDPOINTS}  # the server's own time (Server-Timing)
     errors: list[str] = []
     training = threading.Event()
     done = threading.Event()
@@ -126,6 +127,9 @@ def main() -> int:
                         errors.append(f"{endpoint}: HTTP {response.status_code}")
                     elif training.is_set() and not done.is_set():
                         samples[endpoint].append(elapsed)
+                        timing = re.search(r"dur=([0-9.]+)", response.headers.get("server-timing", ""))
+                        if timing:
+                            server_ms[endpoint].append(float(timing.group(1)))
                 except httpx.HTTPError as exc:
                     errors.append(f"{endpoint}: {exc}")
                 time.sleep(0.005)
@@ -146,11 +150,15 @@ def main() -> int:
         rows.append({"endpoint": endpoint, "requests": len(values), "clients": args.clients,
                      "mean_ms": round(statistics.fmean(values), 2), "p50_ms": round(percentile(values, 50), 2),
                      "p95_ms": round(percentile(values, 95), 2), "p99_ms": round(percentile(values, 99), 2),
-                     "max_ms": round(max(values), 2), "run": " ".join(run_overrides(args.quick)[:2])})
-    print(f"{'endpoint':<24}{'n':>6}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+                     "max_ms": round(max(values), 2),
+                     "server_p50_ms": round(percentile(server_ms[endpoint], 50), 2) if server_ms[endpoint] else None,
+                     "server_p95_ms": round(percentile(server_ms[endpoint], 95), 2) if server_ms[endpoint] else None,
+                     "load_avg": round(os.getloadavg()[0], 1), "run": " ".join(run_overrides(args.quick)[:2])})
+    print(f"{'endpoint':<24}{'n':>6}{'mean ms':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+          f"{'server p50':>12}{'server p95':>12}")
     for r in rows:
-        print(f"{r['endpoint']:<24}{r['requests']:>6}{r['mean_ms']:>10.2f}{r['p50_ms']:>10.2f}{r['p95_ms']:>10.2f}"
-              f"{r['p99_ms']:>10.2f}{r['max_ms']:>10.2f}")
+        print(f"{r['endpoint']:<24}{r['requests']:>6}{r['mean_ms']:>9.2f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}"
+              f"{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}{r['server_p50_ms'] or 0:>12.2f}{r['server_p95_ms'] or 0:>12.2f}")
     status_rows = [r for r in rows if r["endpoint"] == "/api/status"]
     verdict = "no samples" if not status_rows else (
         "PASS" if status_rows[0]["p95_ms"] < 50 else "FAIL") + " (target: /api/status p95 < 50 ms while training)"

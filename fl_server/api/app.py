@@ -67,6 +67,37 @@ def profile_args(profile: dict[str, str], secret_out: Path) -> list[str]:
     return args + ["--secret-out", str(secret_out)]
 
 
+class LoopbackReads:
+    """ASGI middleware: /api/* from a non-loopback client needs the bearer token (401 otherwise); every
+    response carries ``Server-Timing: app;dur=<ms>`` (the server's own time, for scripts/bench_api.py).
+    Plain ASGI, not BaseHTTPMiddleware: no extra task or stream per request."""
+
+    def __init__(self, app: Any, loopback: frozenset[str], token_ok: Any) -> None:
+        self.app, self.loopback, self.token_ok = app, loopback, token_ok
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        client = scope.get("client")
+        remote = (client[0] if client else "") not in self.loopback
+        if scope["path"].startswith("/api") and remote and not self.token_ok(Request(scope)):
+            response = JSONResponse({"error": "the API is open on loopback only; send Authorization: Bearer "
+                                     "<token>", "status": 401}, 401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - t0) * 1000
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"server-timing", f"app;dur={ms:.2f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
 class ApiError(HTTPException):
     """An error answered as ``{"error": message}``."""
 
@@ -123,13 +154,7 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
         scheme, _, given = header.partition(" ")
         return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token or "")
 
-    @app.middleware("http")
-    async def reads_on_loopback(request: Request, call_next: Any) -> Any:
-        host = request.client.host if request.client else ""
-        if request.url.path.startswith("/api") and host not in loopback and not token_ok(request):
-            return JSONResponse({"error": "the API is open on loopback only; send Authorization: Bearer <token>",
-                                 "status": 401}, 401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    app.add_middleware(LoopbackReads, loopback=loopback, token_ok=token_ok)
 
     def require_token(request: Request) -> None:
         if not token:
@@ -167,8 +192,9 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
                 "last_event_id": last, "writes_enabled": bool(token)}
 
     @app.get("/api/status", tags=["status"])
-    def status(run_id: str | None = None) -> dict[str, Any]:
-        """The current (or given) run: status, round progress, last metrics, nodes, managed process."""
+    async def status(run_id: str | None = None) -> dict[str, Any]:
+        """The current (or given) run: status, round progress, last metrics, nodes, managed process.
+        Runs on the event loop (no thread hop): a cached snapshot plus one indexed query."""
         out = db.status(run_id)
         if run_id and out["run"] is None:
             raise ApiError(404, f"no run '{run_id}'; list runs at /api/runs")

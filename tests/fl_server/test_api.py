@@ -54,6 +54,7 @@ def test_health_and_status(client: TestClient) -> None:
     assert status["run"]["id"] == "r1" and status["finished_rounds"] == 1 and status["accuracy"] == 0.9
     assert status["nodes"]["total"] == 2 and status["nodes"]["online"] == 1 and status["task"]["task_id"] == 7
     assert "no run 'nope'" in error_of(client.get("/api/status?run_id=nope"), 404)
+    assert client.get("/api/status").headers["server-timing"].startswith("app;dur=")
 
 
 def test_status_of_an_empty_database(tmp_path: Path) -> None:
