@@ -27,6 +27,7 @@ class MinerRecord:
     timeouts: int = 0  # late or lost (lost ones are also counted in ``drops``)
     drops: int = 0
     rejections: int = 0  # replies that arrived but failed validation
+    cuts: int = 0  # replies not waited for: the round had its quorum (over-selection); not a failure
     consecutive_failures: int = 0
     last_selected_round: int = 0
     last_completed_round: int = 0
@@ -50,7 +51,7 @@ class MinerRecord:
     @property
     def observed(self) -> bool:
         """Selected and heard of (completed, timed out or rejected): no longer a candidate for exploration."""
-        return self.completions + self.timeouts + self.rejections > 0
+        return self.completions + self.timeouts + self.rejections + self.cuts > 0
 
     @property
     def statistical_utility(self) -> float:
@@ -148,6 +149,14 @@ class MinerStats:
         rec.consecutive_failures += 1
         if not dropped and math.isfinite(deadline_s) and deadline_s > 0:
             rec.duration_s = _ema(rec.duration_s, 1.5 * deadline_s)
+
+    def cut(self, node_id: int, server_round: int, closed_at_s: float) -> None:
+        """The round closed at ``closed_at_s`` without this reply (over-selection): it is slower than that."""
+        rec = self.get(node_id)
+        rec.cuts += 1
+        bound = 1.25 * float(closed_at_s)
+        if math.isnan(rec.duration_s) or rec.duration_s < bound:
+            rec.duration_s = _ema(rec.duration_s, bound)
 
     def rejected(self, node_id: int, server_round: int) -> None:
         """A reply that arrived but failed validation (bad signature, NaN, wrong size)."""

@@ -191,6 +191,7 @@ class RoundTiming:
     timed_out: frozenset[int]  # late or lost
     dropped: frozenset[int]
     duration_s: float  # virtual length of the round
+    cut: frozenset[int] = frozenset()  # arrived in time but after the round closed at its quorum
 
 
 @dataclass
@@ -316,19 +317,33 @@ class NetworkSim:
         compute = train_seconds * self.compute_factor(miner, server_round)
         return Arrival(miner, p.name, compute, latency + transfer, dropped)
 
-    def settle(self, arrivals: Mapping[int, Arrival], missing: Iterable[int] = ()) -> RoundTiming:
+    def settle(self, arrivals: Mapping[int, Arrival], missing: Iterable[int] = (), quorum: int = 0,
+               must_wait: Iterable[int] = ()) -> RoundTiming:
         """Apply the deadline: on-time replies are kept; late, lost and ``missing`` ones time out.
         The round lasts until the last on-time arrival, or the deadline when anyone timed out
-        (without a deadline, a lost reply costs ``fallback_timeout_s``). Advances the clock."""
+        (without a deadline, a lost reply costs ``fallback_timeout_s``).
+
+        With ``quorum`` > 0 (over-selection) the round closes as soon as ``quorum`` replies and every
+        on-time ``must_wait`` reply have arrived; on-time replies after that are ``cut``. Advances the clock."""
         deadline = self.config.deadline_s
-        on_time = frozenset(k for k, a in arrivals.items() if a.on_time(deadline))
-        timed_out = frozenset(set(arrivals) - on_time) | frozenset(missing)
+        in_time = {k for k, a in arrivals.items() if a.on_time(deadline)}
+        timed_out = frozenset(set(arrivals) - in_time) | frozenset(missing)
         dropped = frozenset(k for k, a in arrivals.items() if a.dropped)
-        last = max((arrivals[k].duration_s for k in on_time), default=0.0)
-        wait_for_late = deadline if deadline > 0 else self.fallback_timeout_s
-        duration = wait_for_late if timed_out else last
+        cut: frozenset[int] = frozenset()
+        if 0 < quorum < len(in_time):
+            by_time = sorted(in_time, key=lambda k: (arrivals[k].duration_s, k))
+            close = max([arrivals[by_time[quorum - 1]].duration_s]
+                        + [arrivals[k].duration_s for k in must_wait if k in in_time])
+            on_time = frozenset(k for k in in_time if arrivals[k].duration_s <= close)
+            cut = frozenset(in_time - on_time)
+            duration = close
+        else:
+            on_time = frozenset(in_time)
+            last = max((arrivals[k].duration_s for k in on_time), default=0.0)
+            wait_for_late = deadline if deadline > 0 else self.fallback_timeout_s
+            duration = wait_for_late if timed_out else last
         self.clock.advance(duration)
-        return RoundTiming(dict(arrivals), on_time, timed_out, dropped, duration)
+        return RoundTiming(dict(arrivals), on_time, timed_out, dropped, duration, cut)
 
     def describe(self) -> dict[str, Any]:
         counts: dict[str, int] = {}

@@ -81,6 +81,7 @@ class RoundFeedback:
     timed_out: Mapping[int, bool] = field(default_factory=dict)  # node -> lost (True) or late (False)
     rejected: frozenset[int] = frozenset()
     deadline_s: float = math.nan
+    cut: Mapping[int, float] = field(default_factory=dict)  # node -> time the round closed without it
 
 
 @dataclass
@@ -96,6 +97,8 @@ class SelectionDecision:
     preferred_duration_s: float = math.nan
     work_caps: dict[int, int] = field(default_factory=dict)  # node -> max local steps
     scores: dict[int, float] = field(default_factory=dict)  # node -> score (adaptive policies, observed miners)
+    quorum: int = 0  # over-selection: the round closes once this many replies are in (0 = wait for all)
+    must_wait: list[int] = field(default_factory=list)  # replies the round waits for even past its quorum
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (node ids as string keys; NaN as None)."""
@@ -141,6 +144,8 @@ def record_feedback(stats: MinerStats, fb: RoundFeedback) -> None:
         stats.timed_out(node, fb.round, dropped=dropped, deadline_s=fb.deadline_s)
     for node in fb.rejected:
         stats.rejected(node, fb.round)
+    for node, closed_at in fb.cut.items():
+        stats.cut(node, fb.round, closed_at)
 
 
 # -- random -----------------------------------------------------------------------------------------
@@ -153,12 +158,13 @@ class RandomSelector:
     seed: int = 0
     stats: MinerStats = field(default_factory=MinerStats)
     last_decision: SelectionDecision | None = None
+    overcommit: float = 1.0  # select ceil(per_round x overcommit); the round closes at per_round replies
 
     def select(self, node_ids: Sequence[int], server_round: int) -> list[int]:
         nodes = sorted(int(n) for n in node_ids)
         if len(nodes) < self.min_available:
             raise SelectionError(f"{len(nodes)} miners connected, need at least {self.min_available}")
-        k = len(nodes) if self.per_round <= 0 else min(self.per_round, len(nodes))
+        k = len(nodes) if self.per_round <= 0 else min(math.ceil(self.per_round * self.overcommit), len(nodes))
         rng = np.random.default_rng([self.seed, server_round])
         # Node ids are uint64; sample positions so they never pass through a numpy dtype.
         picks = rng.choice(len(nodes), size=k, replace=False)
@@ -168,6 +174,7 @@ class RandomSelector:
         self.last_decision = SelectionDecision(
             server_round, "random", chosen, {n: "random: uniform draw" for n in chosen},
             {n: "random: not drawn" for n in nodes if n not in chosen_set},
+            quorum=self.per_round if 0 < self.per_round < k else 0,
         )
         return chosen
 
@@ -225,10 +232,13 @@ class OortSelector:
     """Oort-style guided selection with reputation, quarantine/probation and a fairness floor."""
 
     def __init__(self, per_round: int, config: OortConfig | None = None, min_available: int = 1, seed: int = 0,
-                 name: str = "oort", stats: MinerStats | None = None) -> None:
+                 name: str = "oort", stats: MinerStats | None = None, overcommit: float = 1.0) -> None:
         if per_round < 1:
             raise SelectionConfigError("selection: oort needs per_round >= 1")
+        if overcommit < 1:
+            raise SelectionConfigError("selection.overcommit must be >= 1")
         self.per_round = per_round
+        self.overcommit = overcommit
         self.config = config or OortConfig()
         self.min_available = min_available
         self.seed = seed
@@ -297,7 +307,7 @@ class OortSelector:
                 f"{len(eligible)} eligible miners ({len(nodes)} connected, {len(skipped)} quarantined), "
                 f"need at least {max(self.min_available, 1)}"
             )
-        k = min(self.per_round, len(eligible))
+        k = min(math.ceil(self.per_round * self.overcommit), len(eligible))
         reasons: dict[int, str] = {}
         chosen: list[int] = []
         probation_used = 0
@@ -374,8 +384,12 @@ class OortSelector:
                 skipped[n] = "unexplored: not drawn for exploration"
         chosen.sort()
         self.stats.selected(chosen, server_round)
-        self.last_decision = SelectionDecision(server_round, self.name, chosen, reasons, skipped, eps, preferred,
-                                               scores={n: v[0] for n, v in scored.items()})
+        self.last_decision = SelectionDecision(
+            server_round, self.name, chosen, reasons, skipped, eps, preferred,
+            scores={n: v[0] for n, v in scored.items()},
+            quorum=self.per_round if self.per_round < len(chosen) else 0,
+            must_wait=sorted(n for n in chosen if reasons[n].startswith("fairness")),
+        )
         return chosen
 
     def _batch_slow_dues(self, eligible: list[int], chosen: list[int], k: int, server_round: int,
@@ -625,7 +639,9 @@ class SelectionController:
             train_s = self.network.train_seconds(f.train_seconds, f.examples)
             arrivals[node] = self.network.arrival(miner, server_round, train_s, f.upload_bytes, self.download_bytes)
         missing = [n for n in self._selected if n not in self._facts]
-        self._timing = self.network.settle(arrivals, missing)
+        d = self.decision
+        self._timing = self.network.settle(arrivals, missing, quorum=d.quorum if d else 0,
+                                           must_wait=d.must_wait if d else ())
         for node in sorted(self._timing.timed_out):
             a = self._timing.arrivals.get(node)
             log.info("round %d: miner %d timed out (%s)", server_round, node,
@@ -639,8 +655,12 @@ class SelectionController:
         completed: dict[int, Completion] = {}
         timed_out: dict[int, bool] = {}
         rejected: set[int] = set()
+        cut: dict[int, float] = {}
         for node in self._selected:
             f = self._facts.get(node)
+            if timing is not None and node in timing.cut:
+                cut[node] = timing.duration_s
+                continue
             if timing is not None and node in timing.timed_out:
                 timed_out[node] = node in timing.dropped or node not in self._facts
                 continue
@@ -658,7 +678,7 @@ class SelectionController:
                 completed[node] = Completion(f.train_seconds, math.nan, f.upload_bytes, f.train_loss, f.examples,
                                              f.train_seconds, f.steps)
         deadline = self.network.config.deadline_s if self.network is not None else math.nan
-        self.selector.observe(RoundFeedback(server_round, completed, timed_out, frozenset(rejected), deadline))
+        self.selector.observe(RoundFeedback(server_round, completed, timed_out, frozenset(rejected), deadline, cut))
         sim = {}
         if timing is not None:
             sim = {"sim_round_s": round(timing.duration_s, 3), "sim_clock_s": round(self.network.clock.now_s, 3)}
@@ -667,6 +687,7 @@ class SelectionController:
             "policy": self.decision.policy if self.decision else "",
             "timeouts": len(timed_out),
             "dropped": sum(timed_out.values()),
+            "cut": len(cut),
             **sim,
         }
 
@@ -704,8 +725,11 @@ def build_selector(cfg_selection: Mapping[str, Any], seed: int) -> RandomSelecto
     name = str(plain.get("name", "random"))
     per_round = int(plain.get("per_round", 0))
     min_available = int(plain.get("min_available", 1))
+    overcommit = float(plain.get("overcommit", 1.0))
+    if overcommit < 1:
+        raise SelectionConfigError(f"selection.overcommit must be >= 1 (select that many x per_round), got {overcommit}")
     if name == "random":
-        return RandomSelector(per_round=per_round, min_available=min_available, seed=seed)
+        return RandomSelector(per_round=per_round, min_available=min_available, seed=seed, overcommit=overcommit)
     if name not in POLICIES:
         raise SelectionConfigError(f"selection.name must be one of {POLICIES}, got {name!r}")
     fields = set(OortConfig.__dataclass_fields__)
@@ -715,7 +739,7 @@ def build_selector(cfg_selection: Mapping[str, Any], seed: int) -> RandomSelecto
         raise SelectionConfigError(f"selection.oort has unknown keys {sorted(unknown)}; known: {sorted(fields)}")
     if per_round < 1:
         raise SelectionConfigError(f"selection={name} needs selection.per_round >= 1 (got {per_round})")
-    return OortSelector(per_round, OortConfig(**oort), min_available, seed, name=name)
+    return OortSelector(per_round, OortConfig(**oort), min_available, seed, name=name, overcommit=overcommit)
 
 
 def build_local_work(cfg_selection: Mapping[str, Any]) -> LocalWorkConfig:

@@ -48,11 +48,13 @@ from fl_server.evaluation import load_test_set  # noqa: E402
 from fl_server.network_sim import NetworkConfig, NetworkSim  # noqa: E402
 from fl_server.selection import ReplyFacts, SelectionController, build_local_work, build_selector  # noqa: E402
 
-POLICIES = (
-    ("random", "random", False),
-    ("oort", "oort", False),
-    ("oort_reputation", "oort_reputation", False),
-    ("oort_reputation+local_work", "oort_reputation", True),
+# (label, conf/selection file, local work on, extra selection settings)
+POLICIES: tuple[tuple[str, str, bool, dict[str, Any]], ...] = (
+    ("random", "random", False, {}),
+    ("oort", "oort", False, {}),
+    ("oort_reputation", "oort_reputation", False, {}),
+    ("oort_reputation+local_work", "oort_reputation", True, {}),
+    ("random+overcommit", "random", False, {"overcommit": 1.3}),  # how much is over-selection alone
 )
 
 
@@ -71,9 +73,10 @@ def load_federation(args: argparse.Namespace) -> tuple[list[Any], Any, ModelSpec
     return miners, make_loader(test, 2000, shuffle=False), spec
 
 
-def run_policy(label: str, policy: str, local_work: bool, args: argparse.Namespace, miners: list[Any], test_loader: Any,
-               spec: ModelSpec, out: Path) -> dict[str, Any]:
+def run_policy(label: str, policy: str, local_work: bool, extra: dict[str, Any], args: argparse.Namespace,
+               miners: list[Any], test_loader: Any, spec: ModelSpec, out: Path) -> dict[str, Any]:
     sel_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "selection" / f"{policy}.yaml"))
+    sel_cfg.update(extra)  # type: ignore[union-attr]
     sel_cfg["per_round"] = args.per_round  # type: ignore[index]
     sel_cfg["local_work"] = {"enabled": local_work, "target": args.local_work_target, "safety": 0.9,  # type: ignore[index]
                              "min_steps": 1}
@@ -130,6 +133,8 @@ def run_policy(label: str, policy: str, local_work: bool, args: argparse.Namespa
         "sim_total_s": round(network.clock.now_s, 2),
         "mean_round_s": round(network.clock.now_s / args.rounds, 2),
         "timeouts": sum(rec.timeouts for rec in recs),
+        "cut": sum(rec.cuts for rec in recs),
+        "overcommit": float(sel_cfg.get("overcommit", 1.0)),  # type: ignore[union-attr]
         "distinct_miners": sum(1 for rec in recs if rec.selections > 0),
         "local_work": local_work,
         "bench_wall_s": round(wall, 1),
@@ -178,25 +183,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local-work-target", choices=("deadline", "preferred"), default="preferred",
                    help="what capped local work must fit: the round deadline or the selector's preferred time T")
     p.add_argument("--data-root", default=str(REPO / "local_data"))
-    p.add_argument("--policies", default=",".join(label for label, _, _ in POLICIES))
+    p.add_argument("--policies", default=",".join(label for label, *_ in POLICIES))
     args = p.parse_args(argv)
     if not args.rounds:
         args.rounds = 30 if args.quick else 60
     wanted = args.policies.split(",")
-    unknown = [w for w in wanted if w not in {label for label, _, _ in POLICIES}]
+    unknown = [w for w in wanted if w not in {label for label, *_ in POLICIES}]
     if unknown or args.per_round < 1 or args.miners < args.per_round or not 0 < args.target < 1:
         print(f"error: bad arguments (unknown policies {unknown}, or per_round/miners/target out of range); "
-              f"policies: {[label for label, _, _ in POLICIES]}", file=sys.stderr)
+              f"policies: {[label for label, *_ in POLICIES]}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     out = args.out or REPO / "outputs" / "bench_selection" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     miners, test_loader, spec = load_federation(args)
     rows = []
-    for label, policy, local_work in POLICIES:
+    for label, policy, local_work, extra in POLICIES:
         if label not in wanted:
             continue
-        row = run_policy(label, policy, local_work, args, miners, test_loader, spec, out)
+        row = run_policy(label, policy, local_work, extra, args, miners, test_loader, spec, out)
         rows.append(row)
         print(f"  {label}: time to target {row['time_to_target_s']} s (sim), final {row['final_accuracy']:.4f}, "
               f"mean round {row['mean_round_s']} s (sim), {row['timeouts']} timeouts; {row['bench_wall_s']} s real",

@@ -157,3 +157,16 @@ def test_bad_configs_fail_with_a_specific_message(bad, message):
 def test_profile_overrides_apply():
     sim = build_network({"mix": {"poor": 1.0}, "deadline_s": 10, "profiles": {"poor": {"compute_factor": [50, 50]}}}, 2, 0)
     assert sim is not None and sim.compute_factor(0, 1) == 50.0
+
+
+def test_quorum_closes_the_round_early_but_waits_for_must_wait_replies():
+    sim = _sim(mix={"good": 1.0}, deadline_s=10.0, n=5)
+    arrivals = {n: Arrival(n, "good", float(n + 1), 0.0, dropped=False) for n in range(5)}  # 1..5 s
+    arrivals[4] = Arrival(4, "good", 20.0, 0.0, dropped=False)  # late anyway
+    timing = sim.settle(arrivals, quorum=2)
+    assert timing.on_time == {0, 1} and timing.cut == {2, 3} and timing.timed_out == {4}
+    assert timing.duration_s == 2.0  # closed at the second reply, not at the deadline
+    timing = sim.settle(arrivals, quorum=2, must_wait=[3, 4])
+    assert timing.on_time == {0, 1, 2, 3} and timing.cut == frozenset() and timing.duration_s == 4.0
+    timing = sim.settle({0: arrivals[0], 4: arrivals[4]}, quorum=2)  # quorum not reached: the deadline
+    assert timing.on_time == {0} and timing.duration_s == 10.0

@@ -286,3 +286,21 @@ def test_selection_jsonl_appends_one_line_per_round(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [row["round"] for row in rows] == [1, 2, 3]
     assert all(len(row["selected"]) == 2 and len(row["skipped"]) == 1 for row in rows)
+
+
+def test_overcommit_selects_more_and_cut_replies_are_not_failures():
+    config = NetworkConfig(name="t", mix={"good": 1.0}, deadline_s=100.0)
+    oort = OortSelector(4, OortConfig(quarantine_after=1), overcommit=1.5)
+    ctl = SelectionController(oort, NetworkSim(config, 8, 0))
+    chosen = ctl.select(list(range(8)), 1)
+    assert len(chosen) == 6 and ctl.decision.quorum == 4
+    facts = [ReplyFacts(n, True, float(n + 1), 100, 1.0, 10, 1) for n in chosen]
+    on_time = ctl.arrive(1, facts)
+    assert len(on_time) == 4
+    ctl.feedback(1, on_time)
+    slowest = sorted(chosen)[-2:]
+    for n in slowest:
+        rec = ctl.stats.get(n)
+        assert rec.cuts == 1 and rec.consecutive_failures == 0 and not oort.quarantined(n, 2)
+        assert rec.duration_s >= ctl.round_extra()["sim_round_s"]
+    assert ctl.round_extra()["cut"] == 2
