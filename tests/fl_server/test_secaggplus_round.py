@@ -45,7 +45,9 @@ class Miners:
 
     def __init__(self, root: Path, n: int) -> None:
         self.identities = {100 + i: create_identity(root / f"miner_{i}") for i in range(n)}
-        self.registry = MinerRegistry.from_miner_folders([root / f"miner_{i}" for i in range(n)])
+        self.registry = MinerRegistry()
+        for identity in self.identities.values():
+            self.registry.register(identity.address, identity.secagg_public)
         self.contexts = {node: Context(1, node, {}, RecordDict(), {}) for node in self.identities}
         self.values: dict[int, np.ndarray] = {}
         self.fail_train: set[int] = set()
