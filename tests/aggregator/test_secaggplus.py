@@ -191,6 +191,26 @@ def test_lying_aggregator_claiming_a_live_miner_dropped_cannot_get_both_shares()
                 sp.unmask(fed.sessions[i], everyone)
 
 
+@given(n=st.integers(8, 16), victim=st.integers(0, 15), claims=st.lists(st.booleans(), min_size=16, max_size=16),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_split_of_claims_on_a_sparse_graph_leaves_one_secret_below_threshold(
+    n: int, victim: int, claims: list[bool], seed: int
+) -> None:
+    """Property: on a sparse graph, whatever each neighbour is told about the victim (alive or dropped),
+    the aggregator collects fewer than t shares of at least one of its two secrets."""
+    fed = Federation(n, k=8, config=sp.SecAggPlusConfig(bits=15, degree_factor=1.0), seed=seed)
+    victim %= n
+    nbrs = fed.graph()[victim]
+    assert len(nbrs) < n - 1  # sparse
+    everyone, without = list(range(n)), [i for i in range(n) if i != victim]
+    replies = [sp.unmask(fed.sessions[i], everyone if claims[j] else without) for j, i in enumerate(nbrs)]
+    got_self = sum(victim in r.self_shares for r in replies)
+    got_mask = sum(victim in r.mask_shares for r in replies)
+    assert got_self + got_mask == len(nbrs)
+    assert min(got_self, got_mask) < fed.params.threshold
+
+
 def test_dropping_a_live_miner_leaves_its_input_masked_by_its_self_mask() -> None:
     """All neighbours told 'victim dropped': the aggregator gets the victim's mask secret and strips
     its pairwise masks, but y_victim still carries G(b_victim): what remains is not x_victim."""
