@@ -94,7 +94,7 @@ class DashboardServer:
     def __init__(self, app: Any, host: str, port: int) -> None:
         import uvicorn
 
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
                                      lifespan="off", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="modelmine-dashboard", daemon=True)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     auth = "writes enabled" if token else f"read-only (set {args.token_env} to start/stop runs)"
     print(f"dashboard: http://{args.host}:{args.port}/  (API docs /docs; {auth}); database {db.url}", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, ws="none")
     finally:
         app.state.manager.shutdown()
     return 0
