@@ -153,8 +153,7 @@ class MinerDaemon:
                     self._finish(record, task)
                     continue
                 log.info("resuming task %d", record.task_id)
-                reap_orphans(record.child_pids)
-                self._start_processes(record, task)
+                self._start_processes(record, task, adopt=record.child_pids)
 
     # -- one tick ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -264,7 +263,7 @@ class MinerDaemon:
         return amount
 
     # -- processes -----------------------------------------------------------------------------------
-    def _start_processes(self, record: TaskRecord, task: ChainTask) -> None:
+    def _start_processes(self, record: TaskRecord, task: ChainTask, adopt: list[int] | None = None) -> None:
         slot = len(self.running)
         settings = self.cfg.supernode
         settings = SuperNodeSettings(settings.superlink, settings.runtime_port + 2 * slot, settings.insecure,
@@ -281,7 +280,10 @@ class MinerDaemon:
             spec, _ = self.blobs.fetch_spec(task.metadata_hash)
         publisher = spec.publisher_public if spec is not None else b""
         key = task_key(Domain(self.chain.chain_id, self.client.address), record.task_id, publisher)
-        procs.start()
+        if adopt:
+            procs.adopt_or_start(adopt)
+        else:
+            procs.start()
         record.status = "running"
         record.child_pids = procs.pids()
         self.store.save(self.state)
@@ -343,22 +345,6 @@ class MinerDaemon:
             log.warning("task %d round %d: direct reveal failed: %s", run.record.task_id, round_, exc)
         run.record.reveals_sent.append(round_)
         self.store.save(self.state)
-
-
-def reap_orphans(pids: list[int]) -> None:
-    """Stop SuperNodes / app guards a killed daemon left behind (only processes whose command line is
-    one of ours: a PID reused by another program is left alone)."""
-    import os
-
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"flower-supernode" in cmdline or b"fl_client.app_guard" in cmdline:
-            log.info("stopping pid %d left by a previous daemon", pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
 
 
 def identity_or_error(folder: Path) -> MinerIdentity:

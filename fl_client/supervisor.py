@@ -61,13 +61,25 @@ class ManagedProcess:
     _next_start: float = 0.0
     _started_at: float = 0.0
     _stopped: bool = False
+    adopted_pid: int | None = None  # a child left running by a previous daemon, watched by PID
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        return self.proc.pid if self.proc is not None else self.adopted_pid
 
     def running(self) -> bool:
+        if self.adopted_pid is not None:
+            return is_ours(self.adopted_pid)
         return self.proc is not None and self.proc.poll() is None
+
+    def adopt(self, pid: int) -> bool:
+        """Watch ``pid`` (started by a previous daemon) instead of starting a new child; False if it
+        is not one of ours any more."""
+        if not is_ours(pid):
+            return False
+        self.adopted_pid, self._started_at, self._stopped = pid, time.monotonic(), False
+        log.info("%s: adopted pid %d left running by the previous daemon", self.name, pid)
+        return True
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +98,11 @@ class ManagedProcess:
         if self._stopped or self.running():
             return
         now = time.monotonic()
+        if self.adopted_pid is not None:  # the adopted child died: restart a child of our own
+            log.warning("%s (adopted pid %d) is gone; restarting it", self.name, self.adopted_pid)
+            self.adopted_pid = None
+            self._next_start = now
+            return
         if self.proc is not None:  # it exited: schedule a restart
             code = self.proc.returncode
             up = now - self._started_at
@@ -102,6 +119,19 @@ class ManagedProcess:
     def stop(self) -> None:
         """SIGTERM the child's process group, SIGKILL after the grace period."""
         self._stopped = True
+        if self.adopted_pid is not None:
+            if is_ours(self.adopted_pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.adopted_pid, signal.SIGTERM)
+                deadline = time.monotonic() + self.grace_s
+                while is_ours(self.adopted_pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if is_ours(self.adopted_pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self.adopted_pid, signal.SIGKILL)
+            self.adopted_pid = None
+            log.info("%s stopped", self.name)
+            return
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -116,6 +146,18 @@ class ManagedProcess:
                 self.proc.wait(timeout=5)
         log.info("%s stopped", self.name)
         self.proc = None
+
+
+def is_ours(pid: int) -> bool:
+    """True while ``pid`` is alive and is a SuperNode or an app guard (a reused PID is not ours)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat_line.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie is dead
+        return False
+    return b"flower-supernode" in cmdline or b"fl_client.app_guard" in cmdline
 
 
 @dataclass(frozen=True)
@@ -178,6 +220,19 @@ class TaskProcesses:
     def start(self) -> None:
         for child in self.children:
             child.start()
+
+    def adopt_or_start(self, pids: list[int]) -> None:
+        """After a daemon restart: keep the SuperNode and app guard the previous daemon left running
+        (same node id, the task goes on undisturbed); start whatever is missing."""
+        if len(pids) == len(self.children) and all(is_ours(p) for p in pids):
+            for child, pid in zip(self.children, pids, strict=True):
+                child.adopt(pid)
+            return
+        for pid in pids:  # a partial set: stop the leftovers and start afresh
+            if is_ours(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+        self.start()
 
     def poll(self) -> None:
         for child in self.children:

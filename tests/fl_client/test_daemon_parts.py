@@ -121,3 +121,28 @@ def test_bad_contract_address_is_named(tmp_path: Path, capsys: pytest.CaptureFix
             "store.url=http://127.0.0.1:2", "supernode.insecure=true"]
     assert run_daemon(args) == 2
     assert "chain.contract_address" in capsys.readouterr().err
+
+
+def test_restarted_daemon_adopts_a_live_supernode_and_replaces_a_dead_one(tmp_path: Path) -> None:
+    import subprocess
+
+    left_behind = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "flower-supernode"])
+    try:
+        child = ManagedProcess("supernode", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "n.log",
+                               initial_backoff_s=0.01)
+        assert child.adopt(left_behind.pid) and child.running() and child.pid == left_behind.pid
+        left_behind.kill()
+        left_behind.wait()
+        assert not child.running()
+        child.poll()  # notices the adopted child is gone
+        child.poll()  # and starts one of its own
+        assert child.proc is not None and child.running() and child.pid != left_behind.pid
+        child.stop()
+        assert not child.running()
+        stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert not child.adopt(stranger.pid)  # a PID that is not a SuperNode/app guard is never adopted
+        stranger.kill()
+        stranger.wait()
+    finally:
+        if left_behind.poll() is None:
+            left_behind.kill()
