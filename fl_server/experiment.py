@@ -15,9 +15,12 @@ component strings exactly as on the deployment engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +37,7 @@ from fl_server.config_check import check_config
 from fl_server.data_prep import REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
+log = logging.getLogger("modelmine.launcher")
 CONNECTION = "modelmine-simulation"
 
 
@@ -133,7 +137,10 @@ class SimulationSuperLink:
             "--log-file", str(self.home / "superlink.log"),
         ]
         log_file = open(self.home / "superlink.out", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(cmd, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        # its own process group: stop() ends the SuperLink and everything it started (SuperExec, the
+        # simulation runtime, Ray) by this group's id, and nothing else
+        self.process = subprocess.Popen(cmd, env=self.env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                        start_new_session=True)
         self._log = log_file
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -149,13 +156,18 @@ class SimulationSuperLink:
         raise RunFailed(f"flower-superlink did not answer on {self.address} within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        if self.process is not None:
+            group = self.process.pid  # start_new_session: the group id is the SuperLink's pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+            time.sleep(1.0)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)  # stragglers of the group (a Ray worker, a SuperExec)
         if getattr(self, "_log", None) is not None:
             self._log.close()
 
@@ -214,6 +226,8 @@ def run_experiment(
         (home / "config.toml").write_text(
             tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: {"address": link.address, "insecure": True}}})
         )
+        log.info("simulation SuperLink on %s (pid %d); flwr run %s with %d virtual SuperNodes",
+                 link.address, link.process.pid if link.process else -1, app_dir or REPO_ROOT, int(cfg.num_miners))
         cmd = [
             str(VENV_BIN / "flwr"), "run", str(app_dir or REPO_ROOT), CONNECTION, "--stream",
             "--run-config", str(home / "run_config.toml"),
@@ -229,6 +243,7 @@ def run_experiment(
             f"the Flower run ended without a summary (flwr exit {done.returncode}); see the log above and "
             f"{home}/superlink.log"
         )
+    log.info("run finished: outputs in %s", out_dir)
     return json.loads(summary_path.read_text())
 
 
