@@ -169,3 +169,32 @@ def test_status_cache_sees_writes_of_other_processes(tmp_path: Path) -> None:
     writer.finish_run("w1", "failed", "killed")  # no bus event, but stored as one for other processes
     assert reader.status()["run"]["status"] == "failed"
     assert reader.events_after(0, kinds=["run_finished"])[-1]["payload"]["error"] == "killed"
+
+
+def test_strategy_helpers_describe_a_chain_round(tmp_path: Path) -> None:
+    """announce_* read what the strategy hands them (unit test: the chain and votes are stand-ins)."""
+    from types import SimpleNamespace as NS
+
+    from fl_server.events import announce_chain_round, announce_finish, announce_round
+
+    pending = {ADDR_A: 0}
+    chain = NS(task_id=5, client=NS(pending_rewards=lambda task, addr: pending[addr]))
+    vote = NS(address=ADDR_A, vote=NS(accept=True, accuracyBps=8000), reveal=object())
+    db = RunDB.open(tmp_path / "run.db")
+    unsubscribe = db.attach(default_bus, "c1")
+    try:
+        known = announce_round(NS(get_node_ids=lambda: [1, 2]), 1, set())
+        assert announce_round(NS(get_node_ids=lambda: [2]), 2, known) == {2}
+        for server_round, paid in ((1, 3 * 10**17), (2, 5 * 10**17)):
+            pending[ADDR_A] = paid
+            outcome = NS(status="finalized", accepts=1, votes=1, gas_used=1000, miners_paid_wei=paid)
+            announce_chain_round(chain, server_round, server_round, b"\x0a" * 32, [ADDR_A], [vote], outcome, 400)
+        announce_finish(chain, [NS(accuracy=0.7)])
+    finally:
+        unsubscribe()
+    assert [n["status"] for n in db.list_nodes("c1")] == ["dropped", "online"]
+    assert [r["amount_wei"] for r in db.list_table("rewards", "c1")] == [str(3 * 10**17), str(2 * 10**17)]
+    assert [b["status"] for b in db.list_table("blocks", "c1")] == ["finalized", "finalized"]
+    assert db.list_table("blocks", "c1")[0]["model_hash"] == "0x" + "0a" * 32
+    assert [t["gas"] for t in db.list_table("transactions", "c1")] == [400, 600, 400, 600]
+    assert len(db.list_table("reveals", "c1")) == 2 and db.get_run("c1") is None  # no run_started: no run row
