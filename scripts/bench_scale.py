@@ -88,7 +88,7 @@ def run_size(n: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         if "error" not in row or RAY_START_FAILURE not in (out / f"n{n}" / "run.log").read_text(errors="replace"):
             return row
         print(f"[bench_scale] {n}: Ray did not start in time (busy machine); retry {attempt + 1}", flush=True)
-        time.sleep(20)
+        time.sleep(30 * (attempt + 1))
     return row
 
 
@@ -176,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
           f"default secure configuration (+ {' '.join(args.override) or 'no overrides'})")
     print(f"{'registered':>10} {'per round':>9} {'s/round':>8} {'setup s':>8} {'peak RSS MB':>12} "
           f"{'gas/miner/round':>16} {'final acc':>9}")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["registered"]):
         if "round_s" not in r:
             print(f"{r['registered']:>10} {r['per_round']:>9}   failed (rc {r['rc']}), see {out}/n{r['registered']}/run.log")
             continue
         gas = "-" if r["gas_per_miner"] is None else f"{r['gas_per_miner']:,}"
         print(f"{r['registered']:>10} {r['per_round']:>9} {r['round_s']:>8.1f} {r['setup_s']:>8.1f} "
               f"{r['peak_rss_mb']:>12.0f} {gas:>16} {r['final_accuracy'] * 100:>8.2f}%")
-    ok = [r for r in rows if "round_s" in r]
+    ok = sorted((r for r in rows if "round_s" in r), key=lambda r: r["registered"])
     if len(ok) >= 2:
         lo, hi = ok[0], ok[-1]
         growth = hi["round_s"] / lo["round_s"] if lo["round_s"] else math.nan
