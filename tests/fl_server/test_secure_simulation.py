@@ -6,19 +6,43 @@ import json
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message
-from flwr.clientapp import ClientApp
 
-from aggregator import eip712
-from aggregator.eip712 import Vote
-from aggregator.protocol import SignedVote, VoteRequest
 from contracts.chain import AnvilProcess
-from fl_client.app import data_folder, evaluate_handler, train_handler
-from fl_client.identity import load_identity
 from fl_server.experiment import run_experiment
-from tests.fl_server.test_simulation import _cfg
+from tests.fl_server.test_simulation import _cfg, derived_app
 
 pytestmark = pytest.mark.slow
+
+FLAKY_TRAIN = """
+
+@app.train()
+def _train(msg: Message, context: Context) -> Message:
+    if int(context.node_config["partition-id"]) == 0:
+        raise RuntimeError("miner went offline")
+    return base.train_handler(msg, context)
+"""
+
+GRUMPY_EVALUATE = """
+
+
+@app.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    reply = base.evaluate_handler(msg, context)
+    config = msg.content["config"]
+    request = VoteRequest.from_config(config)
+    folder = base.data_folder(config, context)
+    marker = folder / "state" / "rejected-once"
+    if not marker.exists() and "vote" in reply.content.config_records:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()  # only the first candidate is rejected; its retry is judged honestly
+        honest = SignedVote.from_config(reply.content["vote"])
+        identity = load_identity(folder, base.keys_folder(folder, context))
+        nay = Vote(request.task_id, request.round, request.model_hash, False, honest.vote.accuracyBps)
+        signed = SignedVote(identity.address, nay, eip712.sign(request.domain, nay, identity.eth_key),
+                            honest.reveal, honest.reveal_signature)
+        reply.content["vote"] = ConfigRecord(signed.to_config())
+    return reply
+"""
 
 
 def _rows(out: Path) -> list[dict]:
@@ -27,16 +51,9 @@ def _rows(out: Path) -> list[dict]:
 
 def test_masked_round_with_a_dropped_miner(tmp_path):
     """Miner 0 crashes after being selected: the key is derived for the two that submitted."""
-    flaky = ClientApp()
-
-    @flaky.train()
-    def _train(msg: Message, context: Context) -> Message:
-        if int(context.node_config["partition-id"]) == 0:
-            raise RuntimeError("miner went offline")
-        return train_handler(msg, context)
-
+    flaky = derived_app(tmp_path / "app", FLAKY_TRAIN)
     cfg = _cfg(tmp_path / "data", "secagg=masked", "dgc.enabled=true", "dgc.density=0.2")
-    summary = run_experiment(cfg, tmp_path / "run", client_app=flaky)
+    summary = run_experiment(cfg, tmp_path / "run", app_dir=flaky)
     rows = _rows(tmp_path / "run")
     assert all(r["selected"] == 3 and r["received"] == 2 for r in rows)
     assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.1
@@ -59,27 +76,9 @@ def test_nddfe_rounds_finalize_on_the_embedded_chain_and_pay_miners(tmp_path):
 def test_a_rejected_round_is_reverted_and_retried(tmp_path):
     """Every voter rejects the first round-1 candidate: the chain rejects it, the global model stays
     the initial one, and the next attempt re-runs task round 1 (with fresh masks and nonces)."""
-    grumpy = ClientApp()
-    grumpy.train()(train_handler)
-
-    @grumpy.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        reply = evaluate_handler(msg, context)
-        config = msg.content["config"]
-        request = VoteRequest.from_config(config)
-        marker = data_folder(config, context) / "state" / "rejected-once"
-        if not marker.exists() and "vote" in reply.content.config_records:
-            marker.touch()  # only the first candidate is rejected; its retry is judged honestly
-            honest = SignedVote.from_config(reply.content["vote"])
-            identity = load_identity(data_folder(config, context))
-            nay = Vote(request.task_id, request.round, request.model_hash, False, honest.vote.accuracyBps)
-            signed = SignedVote(identity.address, nay, eip712.sign(request.domain, nay, identity.eth_key),
-                                honest.reveal, honest.reveal_signature)
-            reply.content["vote"] = ConfigRecord(signed.to_config())
-        return reply
-
+    grumpy = derived_app(tmp_path / "app", GRUMPY_EVALUATE, replaced=("evaluate.default",))
     cfg = _cfg(tmp_path / "data", "secagg=masked", "dgc.enabled=true", "dgc.density=0.2", "chain=embedded", "rounds=3")
-    summary = run_experiment(cfg, tmp_path / "run", client_app=grumpy)
+    summary = run_experiment(cfg, tmp_path / "run", app_dir=grumpy)
     rows = _rows(tmp_path / "run")
     assert rows[0]["chain_status"] == "rejected" and rows[0]["votes_accept"] == "0/3"
     assert rows[0]["accuracy"] == pytest.approx(summary["initial_accuracy"])  # reverted to the last finalized model

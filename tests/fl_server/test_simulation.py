@@ -32,15 +32,47 @@ def _overrides(root: Path, *extra: str) -> list[str]:
     return [f"{k}={v}" for k, v in settings.items()]
 
 
-def _cfg(overrides: list[str]):
+def _compose(overrides: list[str]):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         return compose(config_name="config", overrides=overrides)
+
+
+def _cfg(root: Path, *extra: str):
+    """The composed config of :func:`_overrides` (run_experiment derives the overrides back from it)."""
+    return _compose(_overrides(root, *extra))
+
+
+APP_PYPROJECT = (
+    '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+    '[project]\nname = "testminer"\nversion = "0.1.0"\ndescription = "test"\nlicense = "MIT"\n\n'
+    '[tool.flwr.app]\npublisher = "test"\n\n[tool.flwr.app.components]\n'
+    'serverapp = "fl_server.app:app"\nclientapp = "custom_client:app"\n\n'
+    '[tool.flwr.app.config]\noverrides = ""\nrun-dir = ""\n'
+)
+DERIVED_HEADER = """
+import fl_client.app as base
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+# every ModelMine handler (registration, secure stages, ...) except the ones this module replaces
+app._registered_funcs.update({k: v for k, v in base.app._registered_funcs.items() if k not in REPLACED})
+"""
+
+
+def derived_app(folder: Path, body: str, replaced: tuple[str, ...] = ("train.default",)) -> Path:
+    """A Flower App (same ServerApp) whose ClientApp is ModelMine's with the handlers in ``replaced``
+    swapped for those that ``body`` registers on ``app`` (tests put misbehaving miners in a federation)."""
+    folder.mkdir(parents=True)
+    (folder / "custom_client.py").write_text(f"REPLACED = {replaced!r}\n" + DERIVED_HEADER + body)
+    (folder / "pyproject.toml").write_text(APP_PYPROJECT)
+    return folder
 
 
 def test_federated_training_improves_the_global_model(tmp_path):
     out = tmp_path / "run"
     overrides = _overrides(tmp_path / "data")
-    summary = run_experiment(_cfg(overrides), out, overrides=overrides)
+    summary = run_experiment(_compose(overrides), out, overrides=overrides)
     assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.2
     with open(out / "rounds.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -58,19 +90,11 @@ def test_federated_training_improves_the_global_model(tmp_path):
     assert len(keys) == 3
 
 
-EVIL_CLIENT = '''
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-
-from fl_client.app import register_handler, train_handler
-
-app = ClientApp()
-app.query("register")(register_handler)
-
+EVIL_TRAIN = """
 
 @app.train()
 def _train(msg: Message, context: Context) -> Message:
-    reply = train_handler(msg, context)
+    reply = base.train_handler(msg, context)
     if int(context.node_config["partition-id"]) == 0:
         state = reply.content["arrays"].to_torch_state_dict()
         for tensor in state.values():
@@ -78,26 +102,13 @@ def _train(msg: Message, context: Context) -> Message:
         metrics = MetricRecord(dict(reply.content["metrics"]))
         reply = Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
     return reply
-'''
-
-
-def evil_app(folder: Path) -> Path:
-    """A Flower App whose ClientApp sends NaN weights from partition 0 (same ServerApp)."""
-    folder.mkdir(parents=True)
-    (folder / "evil_client.py").write_text(EVIL_CLIENT)
-    (folder / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        '[project]\nname = "evilminer"\nversion = "0.1.0"\ndescription = "test"\nlicense = "MIT"\n\n'
-        '[tool.flwr.app]\npublisher = "test"\n\n[tool.flwr.app.components]\n'
-        'serverapp = "fl_server.app:app"\nclientapp = "evil_client:app"\n\n'
-        '[tool.flwr.app.config]\noverrides = ""\nrun-dir = ""\n'
-    )
-    return folder
+"""
 
 
 def test_a_miner_sending_nan_is_rejected_and_the_round_goes_on(tmp_path):
     overrides = _overrides(tmp_path / "data")
-    summary = run_experiment(_cfg(overrides), tmp_path / "run", overrides=overrides, app_dir=evil_app(tmp_path / "app"))
+    summary = run_experiment(_compose(overrides), tmp_path / "run", overrides=overrides,
+                             app_dir=derived_app(tmp_path / "app", EVIL_TRAIN))
     assert summary["rejected_replies"] == 2  # one per round
     rows = json.loads((tmp_path / "run" / "rounds.json").read_text())
     assert all(r["received"] == 2 and r["selected"] == 3 for r in rows)
