@@ -141,7 +141,8 @@ def create_app(db: RunDB, token: str | None = None, runs_dir: Path | None = None
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append(f"{where or 'body'}: {err.get('msg')}")
+            message = str(err.get("msg", "")).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
         return JSONResponse({"error": "invalid request: " + "; ".join(problems), "status": 422}, 422)
 
     @app.exception_handler(Exception)
