@@ -26,7 +26,7 @@ from aggregator.eip712 import Domain, SignatureError
 from aggregator.node_binding import BindingError, check_binding
 from aggregator.protocol import ProtocolError, RoundPlan, SignedSubmission, indices_from_bytes
 from aggregator.support import select_support, select_support_layered
-from aggregator.task_spec import TaskSpec
+from aggregator.task_spec import TaskSpec, TaskSpecError, check_plan
 from fl_server.data_prep import PartitionConfig, miner_dir
 from fl_server.key_service import KeyServiceError, KeyServiceUnavailable
 from fl_server.registry import MinerRegistry, RegistryError
@@ -85,6 +85,7 @@ class SecureRound:
     publisher_public: bytes
     aggregator_public: bytes
     prev_aggregate: np.ndarray | None = None
+    published_spec: TaskSpec | None = None  # deployment: the publisher's spec whose hash is on chain
     _seen: set[tuple[str, int, int]] = field(default_factory=set)  # (miner, task, epoch)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,11 @@ class SecureRound:
 
     @cached_property
     def task_spec(self) -> TaskSpec:
-        """The task's pinned parameters; miners trust its hash (on chain, or from their operator)."""
+        """The task's pinned parameters; miners trust its hash (on chain, or from their operator).
+        ``published_spec`` when given (the publisher's, with its extra fields), else built from the
+        settings (simulation)."""
+        if self.published_spec is not None:
+            return self.published_spec
         s = self.settings
         return TaskSpec(
             chain_id=s.domain.chain_id,
@@ -140,7 +145,7 @@ class SecureRound:
                 support = select_support_layered(self.prev_aggregate, k, public_seed, s.layer_sizes, s.explore_fraction)
             else:
                 support = select_support(self.prev_aggregate, k, public_seed, self.d, s.explore_fraction)
-        return RoundPlan(
+        plan = RoundPlan(
             task_id=s.task_id,
             round=task_round,
             d=self.d,
@@ -157,6 +162,11 @@ class SecureRound:
             epoch=server_round if attempt is None else attempt,
             task_spec=self.task_spec.to_canonical_json(),
         )
+        try:  # the server's own settings must be the task's, or every miner would refuse the plan
+            check_plan(self.task_spec, plan)
+        except TaskSpecError as exc:
+            raise ValueError(f"server settings differ from the published task spec: {exc}") from exc
+        return plan
 
     def verify_reply(self, plan: RoundPlan, reply: Message, selected: set[int]) -> Accepted:
         """:meth:`verify` on a Flower reply (an error reply is rejected with its reason)."""

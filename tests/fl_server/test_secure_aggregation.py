@@ -302,3 +302,15 @@ def test_defect6_key_service_down_timing_out_or_400_fails_the_round_not_the_run(
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def test_the_published_spec_is_what_the_plan_carries_and_must_match_the_settings(tmp_path):
+    """Deployment: the plan carries the publisher's spec (whose hash is on chain) verbatim; a server
+    whose settings differ from it fails before any miner is asked."""
+    sr, _, _ = make_round(tmp_path, "masked")
+    published = dataclasses.replace(sr.task_spec, dataset="digits", epochs=2)  # publisher-only fields
+    sr2 = dataclasses.replace(sr, published_spec=published)
+    assert sr2.plan(1, b"seed").task_spec == published.to_canonical_json()
+    wrong = dataclasses.replace(sr, published_spec=dataclasses.replace(published, bits=8))
+    with pytest.raises(ValueError, match="plan field 'bits' differs from the task"):
+        wrong.plan(1, b"seed")
