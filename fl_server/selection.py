@@ -772,6 +772,12 @@ def build_selection(cfg: Any, download_bytes: int = 0) -> SelectionController:
     return build_controller(cfg.selection, network, seed, download_bytes)
 
 
+def check_selection_config(cfg: Any) -> None:
+    """Raise ValueError (SelectionConfigError or NetworkConfigError, one fixable line) if
+    ``cfg.selection`` or ``cfg.network`` cannot work; builds nothing that lasts, touches nothing."""
+    build_selection(cfg)
+
+
 def _plain(cfg: Any) -> dict[str, Any]:
     try:
         from omegaconf import DictConfig, OmegaConf
