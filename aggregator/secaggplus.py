@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_utils import keccak, to_checksum_address
 
-from aggregator import shamir
+from aggregator import masked, shamir
 from aggregator.bsgs import CryptoError, DecryptionRangeError
 from aggregator.protocol import RoundPlan
 from aggregator.support import support_hash as _support_hash
@@ -707,14 +707,11 @@ def unmask_sum(
 
 def masked_to_bytes(y: np.ndarray) -> bytes:
     """Wire bytes of a masked input: the masked backend's format (``MMM2`` 32-bit / ``MMM1`` 64-bit)."""
-    from aggregator import masked
-
     return masked.ciphertext_to_bytes(y)
 
 
 def masked_from_bytes(data: bytes, k: int, word_bits: int) -> np.ndarray:
-    from aggregator import masked
-
+    """Parse a masked input of ``k`` words; raises when malformed or of another word size."""
     y = masked.ciphertext_from_bytes(data, k)
     if y.dtype != _unsigned(word_bits):
         raise SecAggPlusError(f"masked input has {y.dtype.itemsize * 8}-bit words, expected {word_bits}")
