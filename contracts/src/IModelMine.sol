@@ -261,6 +261,6 @@ interface IModelMine {
     );
     event Credited(address indexed account, uint256 amount);
     event Claimed(address indexed account, uint256 amount);
-    event TreasuryChanged(address treasury);
+    event TreasuryChanged(address indexed treasury);
     event NetworkParamsChanged(uint16 feeBps, uint128 minStake, uint16 slashBps, uint32 unbondingPeriod);
 }

@@ -20,21 +20,21 @@ abstract contract MinerRegistry is ModelMineBase {
         _register(msg.sender, secaggKey);
     }
 
-    /// @notice Register `miner` on its behalf: `sig` is the miner's EIP-712 signature of
-    ///         Registration(miner, secaggKey, registrationNonce(miner), deadline) in EIP-2098 compact form
+    /// @notice Register miner `account` on its behalf: (r, vs) is the miner's EIP-712 signature of
+    ///         Registration(account, secaggKey, registrationNonce(account), deadline) in EIP-2098 compact form
     ///         (r, vs). `msg.value` becomes the miner's stake (the relayer cannot withdraw it; only the miner can).
-    function registerFor(address miner, bytes calldata secaggKey, uint256 deadline, bytes32 r, bytes32 vs)
+    function registerFor(address account, bytes calldata secaggKey, uint256 deadline, bytes32 r, bytes32 vs)
         external
         payable
         whenNotPaused
     {
         if (block.timestamp > deadline) revert SignatureExpired();
         bytes32 digest = _hashTypedDataV4(
-            keccak256(abi.encode(REGISTRATION_TYPEHASH, miner, keccak256(secaggKey), _registrationNonces[miner], deadline))
+            keccak256(abi.encode(REGISTRATION_TYPEHASH, account, keccak256(secaggKey), _registrationNonces[account], deadline))
         );
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r, vs);
-        if (err != ECDSA.RecoverError.NoError || signer != miner || miner == address(0)) revert BadSignature();
-        _register(miner, secaggKey);
+        if (err != ECDSA.RecoverError.NoError || signer != account || account == address(0)) revert BadSignature();
+        _register(account, secaggKey);
     }
 
     /// @notice Add `msg.value` to the caller's stake (an unbonding miner stays unbonding).
@@ -56,10 +56,10 @@ abstract contract MinerRegistry is ModelMineBase {
         emit UnstakeRequested(msg.sender, unlockAt);
     }
 
-    /// @notice Release `miner`'s participations in `taskIds` whose round has ended (anyone may call;
+    /// @notice Release miner `account`'s participations in `taskIds` whose round has ended (anyone may call;
     ///         a participation still in progress is left alone).
-    function releaseTasks(address miner, uint256[] calldata taskIds) external {
-        _release(miner, taskIds);
+    function releaseTasks(address account, uint256[] calldata taskIds) external {
+        _release(account, taskIds);
     }
 
     /// @notice Withdraw the whole remaining stake after unbonding and deregister. Releases the caller's

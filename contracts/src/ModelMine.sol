@@ -68,7 +68,7 @@ contract ModelMine is MinerRegistry, TaskRegistry {
         if (supportHash == bytes32(0)) revert InvalidParams("supportHash");
         uint32 epoch = uint32(attempt);
         _storeSelection(taskId, epoch, selected);
-        uint40 commitDeadline = uint40(block.timestamp + t.commitWindow);
+        uint40 closesAt = uint40(block.timestamp + t.commitWindow);
         rs.attempt = epoch;
         rs.phase = Phase.Commit;
         rs.selected = uint16(n);
@@ -77,12 +77,12 @@ contract ModelMine is MinerRegistry, TaskRegistry {
         rs.accepts = 0;
         rs.reveals = 0;
         rs.faults = 0;
-        rs.commitDeadline = commitDeadline;
-        rs.deadline = commitDeadline + t.roundWindow;
+        rs.commitDeadline = closesAt;
+        rs.deadline = closesAt + t.roundWindow;
         rs.supportHash = supportHash;
         rs.participantsHash = bytes32(uint256(epoch));
         if (t.startedRounds < round) t.startedRounds = uint32(round);
-        emit RoundOpened(taskId, uint32(round), epoch, supportHash, commitDeadline, selected);
+        emit RoundOpened(taskId, uint32(round), epoch, supportHash, closesAt, selected);
     }
 
     // ================================================================== commit

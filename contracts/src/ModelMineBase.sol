@@ -30,12 +30,11 @@ abstract contract ModelMineBase is IModelMine, Ownable, Pausable, ReentrancyGuar
     uint8 public constant MAX_SECAGG_BACKEND = 3;
     uint8 public constant MAX_SUPPORT_MODE = 1;
 
-    // ---- per (task, miner) word: epoch(32) | flags(8) << 32 | score(64) << 40 | pending(96) << 104
+    // ---- per (task, miner) word: attempt(32) | flags(8) << 32 | score(64) << 40 | pending(96) << 104
     uint8 internal constant COMMITTED = 1;
     uint8 internal constant REVEALED = 4;
     uint8 internal constant FAULT = 8;
     uint8 internal constant OPEN = 16;
-    uint256 internal constant EPOCH_MASK = (1 << 32) - 1;
     uint256 internal constant FLAGS_SHIFT = 32;
     uint256 internal constant SCORE_SHIFT = 40;
     uint256 internal constant SCORE_MASK = (1 << 64) - 1;

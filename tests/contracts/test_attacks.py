@@ -151,9 +151,10 @@ def test_publisher_cannot_cancel_after_the_work(world: Scenario) -> None:
 
 
 @pytest.mark.slow
-def test_settlement_with_512_voters_is_linear_and_always_succeeds(client: ModelMineClient) -> None:
+def test_settlement_with_512_voters_is_linear_and_always_succeeds(fast_client: ModelMineClient) -> None:
     """Defect 5: 512 voters with adversarial (all distinct, alternating) accuracies: finalize (the
     timeout path, by anyone) stays under 10M gas, and settle with 512 reveals succeeds."""
+    client = fast_client
     n = 512
     w = Scenario(client, n)
     task = w.publish(k=10**6)

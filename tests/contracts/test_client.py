@@ -70,9 +70,35 @@ def test_load_account_from_file_and_env(tmp_path: Path, monkeypatch: pytest.Monk
     bad.write_text("not-a-key")
     with pytest.raises(ChainError) as info:
         load_account(key_file=str(bad))
-    assert "not-a-key" not in str(info.value)
+    assert "not-a-key" not in str(info.value) and str(bad) in str(info.value)
     with pytest.raises(ChainError):
         load_account(key_env="MM_TEST_KEY_UNSET_" + os.urandom(4).hex())
+
+
+def test_short_or_long_keys_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """A 63-hex-digit key (a dropped leading digit) is refused, never zero-padded into another account."""
+    acct = new_account()
+    body = bytes(acct.key).hex()
+    for text in (body[1:], "0x" + body[1:], body + "0", "0x" + "00" * 32):
+        path = tmp_path / f"key{len(text)}"
+        path.write_text(text)
+        with pytest.raises(ChainError) as info:
+            load_account(key_file=str(path))
+        assert str(path) in str(info.value) and body[1:] not in str(info.value)
+    path = tmp_path / "ok"
+    path.write_text("0x" + body)
+    assert load_account(key_file=str(path)).address == acct.address
+
+
+def test_role_keys_from_config_and_dev_only_generation(tmp_path: Path) -> None:
+    acct = new_account()
+    (tmp_path / "agg").write_text(bytes(acct.key).hex())
+    conf = ChainConfig.from_mapping({"backend": "embedded", "aggregator_key_file": str(tmp_path / "agg")})
+    assert conf.role_account("aggregator").address == acct.address
+    assert conf.role_account("publisher") is None and conf.is_dev
+    assert not ChainConfig.from_mapping({"backend": "rpc", "rpc_url": "http://127.0.0.1:1"}).is_dev
+    assert ChainConfig.from_mapping({"backend": "rpc", "start_anvil": True}).is_dev
+    assert ChainConfig.from_mapping({"backend": "rpc", "rpc_url": "http://x", "dev_chain": "true"}).is_dev
 
 
 def test_compact_signature_roundtrip() -> None:
@@ -105,11 +131,16 @@ def test_participants_hash_matches_contract(world) -> None:  # noqa: ANN001
 
     c = world.client
     task = world.publish()
-    subs, _ = world.submissions(task, 1, keccak(b"s"), {m.address: 1 for m in world.miners})
-    c.relay_submissions(world.aggregator, task, 1, keccak(b"s"), subs)
+    round_, attempt, support = world.open(task)
+    assert c.committed_miners(task, round_, attempt) is None  # window open, nobody committed yet
+    subs, _ = world.submissions(task, round_, support, {m.address: 1 for m in world.miners}, attempt=attempt)
+    c.relay_submissions(world.aggregator, task, round_, attempt, subs)
     rs = c.round_state(task)
-    assert participants_hash(rs["epoch"], c.participants(task)) == rs["participantsHash"]
-    assert rs["participants"] == 3
+    assert participants_hash(rs["attempt"], c.participants(task)) == rs["participantsHash"]
+    assert rs["participants"] == 3 and rs["epoch"] == rs["attempt"] == attempt
+    assert c.committed_miners(task, round_, attempt) == [m.address for m in world.miners]
+    assert c.commit_deadline(task, round_, attempt) == rs["commitDeadline"]
+    assert keccak(b"unused") != support
 
 
 def test_wait_for_event(world) -> None:  # noqa: ANN001
