@@ -1,7 +1,7 @@
 """``python -m fl_client`` / ``fl-miner``: the ModelMine miner daemon.
 
     fl-miner --config-name miner miner.dir=miners/m0 chain.rpc_url=http://127.0.0.1:8545 \\
-        chain.contract_address=0x... store.url=http://127.0.0.1:8470 supernode.superlink=127.0.0.1:9092
+        chain.contract_address=0x... store.url=http://127.0.0.1:8470 supernode.superlink=127.0.0.1:8000 supernode.insecure=true
 
 watches the chain for tasks, checks each against this miner's data and policy, downloads and
 verifies the model and spec, registers and stakes, runs a Flower SuperNode (only ModelMine's

@@ -146,3 +146,38 @@ def test_restarted_daemon_adopts_a_live_supernode_and_replaces_a_dead_one(tmp_pa
     finally:
         if left_behind.poll() is None:
             left_behind.kill()
+
+
+def test_daemon_reveals_itself_when_the_server_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reveal phase, this miner committed, nobody relayed its reveal within the grace period: the
+    daemon sends its stored opening itself, once."""
+    from aggregator.commitments import Opening
+    from fl_client.daemon import MinerDaemon, Running
+    from fl_client.secure_update import MinerState
+
+    calls: list[tuple[int, int, int, bytes]] = []
+
+    class Client:
+        def round_state(self, task_id: int) -> dict:
+            return {"phase": 3, "round": 2}
+
+        def miner_round(self, task_id: int, miner: str) -> dict:
+            return {"flags": 1}  # committed, not revealed
+
+        def reveal(self, account: object, task_id: int, round_: int, score: int, nonce: bytes) -> None:
+            calls.append((task_id, round_, score, nonce))
+
+    MinerState(tmp_path, "abcd1234").save_opening(2, Opening(77, b"\x05" * 32))
+    daemon = object.__new__(MinerDaemon)
+    daemon.client = Client()
+    daemon.account = SimpleNamespace(address="0x" + "11" * 20)
+    daemon.cfg = SimpleNamespace(reveal_grace_s=0.0, data_dir=tmp_path)
+    daemon.store = StateStore(tmp_path)
+    daemon.state = DaemonState()
+    record = TaskRecord(task_id=9, status="running")
+    daemon.state.tasks[9] = record
+    run = Running(record, processes=None, chain_task=None, key="abcd1234")  # type: ignore[arg-type]
+    daemon._reveal_if_needed(run)
+    daemon._reveal_if_needed(run)  # not twice
+    assert calls == [(9, 2, 77, b"\x05" * 32)]
+    assert StateStore(tmp_path).load().tasks[9].reveals_sent == [2]
