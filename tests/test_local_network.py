@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +76,18 @@ def check_outcome(ln: Any, started: Any, result: dict[str, Any], rounds: int) ->
     assert claimed_total == settled > 0
 
 
-def test_three_daemons_two_rounds(tmp_path: Path) -> None:
+@pytest.fixture()
+def net_dir() -> Iterator[Path]:
+    """A folder outside pytest's rotating basetemp: concurrent pytest sessions of the same user
+    delete old basetemps, which would pull the network's files from under its processes."""
+    folder = Path(tempfile.mkdtemp(prefix="mm-e2e-"))
+    yield folder / "net"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_three_daemons_two_rounds(net_dir: Path) -> None:
     ln = local_network()
-    args = args_for(ln, tmp_path / "net", miners=3, rounds=2)
+    args = args_for(ln, net_dir, miners=3, rounds=2)
     started = ln.start(args)
     try:
         result = ln.follow(started.net, started.client, started.task_id, started.miners, args, started.t_start)
@@ -84,9 +96,9 @@ def test_three_daemons_two_rounds(tmp_path: Path) -> None:
         ln.down_network(started.net)
 
 
-def test_daemon_restart_and_chain_outage(tmp_path: Path) -> None:
+def test_daemon_restart_and_chain_outage(net_dir: Path) -> None:
     ln = local_network()
-    args = args_for(ln, tmp_path / "net", miners=3, rounds=3)
+    args = args_for(ln, net_dir, miners=3, rounds=3)
     started = ln.start(args)
     net, client = started.net, started.client
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,8 +52,8 @@ class FakeProcesses:
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("daemon_chain")
+def network() -> Iterator[dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="mm-daemon-chain-"))  # outside pytest's rotating basetemp
     anvil = AnvilProcess().start()
     server = serve(tmp / "blobs", "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -69,6 +70,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         server.shutdown()
         server.server_close()
         anvil.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish(net: dict[str, Any], dataset: str, min_samples: int = 1) -> int:
@@ -139,7 +141,15 @@ def test_daemon_skips_refuses_joins_and_resumes(network: dict[str, Any], monkeyp
     assert again.state.tasks[good_task].status == "running"
     again.shutdown()
 
-    client.cancel_task(network["publisher"], good_task)  # the task ends: processes stop, nothing to claim
+    import publish_task  # scripts/ is on sys.path (publish above)
+
+    base = ["--rpc-url", network["url"], "--contract", client.address]
+    assert publish_task.main(["status", *base, "--task-id", str(good_task)]) == 0
+    assert publish_task.main(["status", *base, "--task-id", "999"]) == 2  # no such task: one-line error
+    key = network["tmp"] / "publisher.key"
+    assert publish_task.main(["cancel", *base, "--task-id", str(good_task), "--publisher-key-file", str(key)]) == 0
+    assert int(client.task(good_task)["status"]) == 3
+    # the task ended: its processes stop, there is nothing to claim
     again = MinerDaemon(cfg)
     again.resume()
     assert again.state.tasks[good_task].status == "finished"

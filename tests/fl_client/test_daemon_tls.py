@@ -9,7 +9,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def test_tls_and_supernode_auth(tmp_path: Path) -> None:
+@pytest.fixture()
+def tmp_dir() -> Iterator[Path]:
+    """Outside pytest's rotating basetemp (the SuperLink keeps files open there for a minute)."""
+    folder = Path(tempfile.mkdtemp(prefix="mm-tls-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_tls_and_supernode_auth(tmp_dir: Path) -> None:
+    tmp_path = tmp_dir
     make_certificates(tmp_path)
     run(["ssh-keygen", "-t", "ecdsa", "-b", "384", "-N", "", "-q", "-f", "node_key"], tmp_path)
     run(["ssh-keygen", "-t", "ecdsa", "-b", "384", "-N", "", "-q", "-f", "stranger_key"], tmp_path)
