@@ -39,8 +39,8 @@ def run_overrides(quick: bool) -> list[str]:
     if quick:
         return ["dataset=digits", "model=mlp", "num_miners=2", "rounds=6", "secagg=none", "dgc.enabled=false",
                 "chain=none"]
-    return ["dataset=mnist", "model=cnn_small", "num_miners=3", "rounds=3", "secagg=masked", "chain=embedded",
-            "dataset.max_samples_per_miner=2000"]
+    return ["dataset=mnist", "model=cnn_small", "num_miners=3", "rounds=4", "secagg=none", "dgc.enabled=false",
+            "chain=none", "dataset.max_samples_per_miner=2000"]
 
 
 def percentile(values: list[float], q: float) -> float:
