@@ -54,7 +54,7 @@ class Scenario:
         chain = client.chain
         self.publisher = chain.funded_account()
         self.aggregator = chain.funded_account()
-        self.miners: list[LocalAccount] = [chain.funded_account() for _ in range(n_miners)]
+        self.miners: list[LocalAccount] = [chain.funded_account(10**18) for _ in range(n_miners)]
         for m in self.miners:
             client.register_miner(m, compressed_pubkey(m), stake_wei)
 
