@@ -98,7 +98,7 @@ def test_three_daemons_two_rounds(net_dir: Path) -> None:
 
 def test_daemon_restart_and_chain_outage(net_dir: Path) -> None:
     ln = local_network()
-    args = args_for(ln, net_dir, miners=3, rounds=3)
+    args = args_for(ln, net_dir, miners=3, rounds=2)
     started = ln.start(args)
     net, client = started.net, started.client
     try:
@@ -114,7 +114,7 @@ def test_daemon_restart_and_chain_outage(net_dir: Path) -> None:
         time.sleep(30)
         os.kill(net.pids["anvil"], signal.SIGCONT)
         result = ln.follow(net, client, started.task_id, started.miners, args, started.t_start)
-        check_outcome(ln, started, result, rounds=3)
+        check_outcome(ln, started, result, rounds=2)
         log = (Path(started.miners[1]["dir"]) / "daemon" / "state.json").read_text()
         assert '"status": "finished"' in log
     finally:
