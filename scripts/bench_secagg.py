@@ -3,7 +3,7 @@
 Every mode is one full federated run on Flower's simulation engine with the same Hydra config (model,
 data set, partitions, miners, rounds, local training); only the mode's overrides (table ``MODES``
 below) differ. Our modes run ``fl_server.experiment.run_experiment``; ``secaggplus`` runs Flower's own
-SecAgg+ (``fl_server.baseline_secaggplus.run_secaggplus``). A mode whose overrides do not compose
+SecAgg+ (``benchmarks.flower_secaggplus.run_secaggplus``). A mode whose overrides do not compose
 (e.g. the ``secagg``/``dgc`` config groups are not in conf/ yet) gives a ``skipped: <reason>`` row;
 a run that raises gives a ``failed: <reason>`` row; the others go on.
 
@@ -130,7 +130,7 @@ def row_from_run(mode: str, out_dir: Path, summary: dict[str, Any], wall: float)
 
 def _runner(kind: str) -> Callable[[Any, Path], dict[str, Any]]:
     if kind == "flower-secaggplus":
-        from fl_server.baseline_secaggplus import run_secaggplus
+        from benchmarks.flower_secaggplus import run_secaggplus
 
         return run_secaggplus
     from fl_server.experiment import run_experiment

@@ -11,8 +11,8 @@ from types import ModuleType
 import pytest
 from hydra import compose, initialize_config_dir
 
+from benchmarks.flower_secaggplus import run_secaggplus, secaggplus_shares
 from fl_server.__main__ import CONF_DIR
-from fl_server.baseline_secaggplus import run_secaggplus, secaggplus_shares
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_KEYS = ("mode", "rounds", "round_s", "upload_bytes_per_miner", "aggregate_s", "final_accuracy", "peak_rss_mb")
