@@ -33,9 +33,9 @@ from aggregator.models import (
     unflatten_like,
 )
 from aggregator.protocol import RoundPlan, VoteRequest
-from fl_client.data import LocalData, load_local_data, make_loader
-from fl_client import secaggplus_client
 from aggregator.registration import sign_register_tx, sign_registration
+from fl_client import secaggplus_client
+from fl_client.data import LocalData, load_local_data, make_loader
 from fl_client.identity import load_identity, load_or_create_identity
 from fl_client.secure_update import (
     MinerState,

@@ -23,6 +23,10 @@ def _train(msg: Message, context: Context) -> Message:
 """
 
 GRUMPY_EVALUATE = """
+from aggregator import eip712
+from aggregator.eip712 import Vote
+from aggregator.protocol import SignedVote, VoteRequest
+from fl_client.identity import load_identity
 
 
 @app.evaluate()
@@ -37,7 +41,7 @@ def _evaluate(msg: Message, context: Context) -> Message:
         marker.touch()  # only the first candidate is rejected; its retry is judged honestly
         honest = SignedVote.from_config(reply.content["vote"])
         identity = load_identity(folder, base.keys_folder(folder, context))
-        nay = Vote(request.task_id, request.round, request.model_hash, False, honest.vote.accuracyBps)
+        nay = Vote(request.task_id, request.round, request.model_hash, False, honest.vote.accuracyBps, request.attempt)
         signed = SignedVote(identity.address, nay, eip712.sign(request.domain, nay, identity.eth_key),
                             honest.reveal, honest.reveal_signature)
         reply.content["vote"] = ConfigRecord(signed.to_config())
