@@ -212,7 +212,7 @@ class World:
         attempt = int(rs["attempt"])
         others = [m for m in w.miners if m.address not in self.honest and m.address in dict(plist)
                   and not c.miner_round(task, m.address)["flags"] & 12]
-        if others and rng.random() < 0.6:
+        if others and rng.random() < 0.6 and c.chain.timestamp() <= int(rs["deadline"]):
             m = rng.choice(others)
             op = self.openings[(task, attempt, m.address)]
             if rng.random() < 0.3:
