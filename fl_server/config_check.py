@@ -146,3 +146,10 @@ def check_config(cfg: Any) -> None:
     sim = _get(cfg, "simulation")
     if sim is not None and _float(cfg, "simulation.cpus_per_miner") <= 0:
         raise ConfigError("simulation.cpus_per_miner must be > 0")
+    if _get(cfg, "selection") is not None and _get(cfg, "network") is not None:
+        from fl_server.selection import check_selection_config
+
+        try:
+            check_selection_config(cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
