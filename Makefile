@@ -12,7 +12,7 @@ demo: data
 	$(PY) -m fl_server
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: setup
 	$(PY) -m ruff check .
