@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
-ANVIL_BIN = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+# A Flower App bundle runs from an extracted copy of the sources without node_modules: the launcher
+# names the checkout in MODELMINE_ROOT.
+ANVIL_BIN = (
+    Path(os.environ.get("MODELMINE_ROOT") or ROOT) / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+)
 
 #: Gas limit for embedded (py-evm) transactions, which skip estimation.
 EMBEDDED_GAS_LIMIT = 15_000_000

@@ -13,17 +13,19 @@ SCHEDULE_STEPS actions over TASKS concurrent tasks (re-published when they end) 
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 from eth_utils import keccak
 
 from aggregator import commitments
-from contracts.chain import ContractRevertError
+from contracts.chain import ChainError, ContractRevertError
 from contracts.client import ModelMineClient, Phase, TaskStatus
 from contracts.testing import Scenario, compressed_pubkey
 
-SCHEDULE_STEPS = 300
+# 300 by default; MODELMINE_INVARIANT_STEPS=2000 for a longer soak.
+SCHEDULE_STEPS = int(os.environ.get("MODELMINE_INVARIANT_STEPS", "300"))
 TASKS = 2
 MINERS = 6
 HONEST = 3  # miners 0..2 follow the protocol; 3..5 behave randomly
@@ -138,7 +140,13 @@ class World:
                 self.tx(c.relay_submissions, w.aggregator, task, round_, attempt, subs)
             else:
                 for m, (msg, _) in zip(batch, subs, strict=True):
-                    self.tx(c.commit, m, task, round_, attempt, rs["supportHash"], msg.ciphertextHash, msg.commitment)
+                    try:
+                        self.tx(c.commit, m, task, round_, attempt, rs["supportHash"], msg.ciphertextHash, msg.commitment)
+                    except ChainError:
+                        # a random miner may have unbonded or fallen under the stake since it was selected:
+                        # its commit is skipped. An honest miner's never is.
+                        if m.address in self.honest:
+                            raise
             return "commit"
         if int(rs["participants"]) >= 2 and (now > int(rs["commitDeadline"]) or rs["participants"] == rs["selected"]) \
                 and now <= int(rs["deadline"]) and rng.random() < 0.85:
@@ -265,8 +273,9 @@ class World:
 
 
 @pytest.mark.slow
-def test_random_schedule_keeps_money_exact_and_honest_miners_whole(client: ModelMineClient) -> None:
-    world = World(client, seed=20261201)
+def test_random_schedule_keeps_money_exact_and_honest_miners_whole(fast_client: ModelMineClient) -> None:
+    """On anvil when it is installed (py-evm takes ~30 min for 300 steps; anvil a fraction of that)."""
+    world = World(fast_client, seed=20261201)
     for _ in range(SCHEDULE_STEPS):
         world.step()
         world.check()

@@ -12,7 +12,7 @@ import pytest
 from fl_client.__main__ import run_daemon
 from fl_client.app_guard import make_guarded_plugin
 from fl_client.state import DaemonState, StateCorrupt, StateStore, TaskRecord
-from fl_client.supervisor import ManagedProcess, SuperNodeSettings, TaskProcesses, child_env
+from fl_client.supervisor import ManagedProcess, SuperNodeSettings, TaskProcesses, child_env, is_ours
 
 
 def test_state_round_trip_and_atomic_file(tmp_path: Path) -> None:
@@ -127,6 +127,10 @@ def test_restarted_daemon_adopts_a_live_supernode_and_replaces_a_dead_one(tmp_pa
     import subprocess
 
     left_behind = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "flower-supernode"])
+    for _ in range(100):  # /proc/<pid>/cmdline shows the new argv only once the child has exec'd
+        if is_ours(left_behind.pid):
+            break
+        time.sleep(0.05)
     try:
         child = ManagedProcess("supernode", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "n.log",
                                initial_backoff_s=0.01)

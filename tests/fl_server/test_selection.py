@@ -218,7 +218,7 @@ def test_controller_skips_disconnected_miners():
 @pytest.mark.slow
 def test_flower_round_completes_when_selected_miners_time_out(digits_root: Path, digits_cfg):
     """Real Flower simulation engine and ClientApp: 3 miners, one of them (by the seeded mix) on a
-    device 1000x slower than the deadline allows. It is selected every round, times out on the
+    device 10^6x slower (any real training time misses the deadline). It is selected every round, times out on the
     virtual clock, and every round still aggregates the two others."""
     import warnings
 
@@ -238,7 +238,7 @@ def test_flower_round_completes_when_selected_miners_time_out(digits_root: Path,
     spec = ModelSpec("mlp", {"in_channels": ds.in_channels, "image_size": ds.image_size, "num_classes": ds.num_classes})
     initial = build_model(spec, seed=7)
     network = build_network({"name": "slow-one", "mix": {"good": 2, "poor": 1}, "deadline_s": 30.0,
-                             "profiles": {"poor": {"compute_factor": [1000.0, 1000.0], "loss": 0.0}}}, 3, seed=7)
+                             "profiles": {"poor": {"compute_factor": [1e6, 1e6], "loss": 0.0}}}, 3, seed=7)
     assert network is not None
     slow_miner = network.base_profiles.index("poor")
     controller = SelectionController(RandomSelector(per_round=0, seed=7), network)
