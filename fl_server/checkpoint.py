@@ -38,6 +38,7 @@ from safetensors.torch import save as st_save
 
 from aggregator.models import model_hash, state_to_bytes
 from aggregator.secagg import AggregatorKeys, PublisherKeys
+from fl_server.fileio import atomic_write
 from fl_server.results import RoundRecord
 
 if TYPE_CHECKING:
@@ -52,27 +53,6 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used to resume (corrupt, or behind the chain)."""
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass

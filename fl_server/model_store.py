@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +38,7 @@ from eth_utils import keccak
 
 from aggregator.models import ModelError, state_from_bytes
 from aggregator.task_spec import TaskSpec, TaskSpecError
+from fl_server.fileio import atomic_write
 
 log = logging.getLogger("modelmine.model_store")
 
@@ -103,16 +103,7 @@ class BlobStore:
         with self._lock:
             if path.exists():
                 return False
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, data)
         return True
 
     def get(self, kind: str, digest: str) -> bytes | None:
