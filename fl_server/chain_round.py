@@ -15,12 +15,13 @@ import logging
 import secrets
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 
 from aggregator import eip712
 from aggregator.protocol import ProtocolError, RoundPlan, SignedVote, VoteRequest
@@ -78,10 +79,16 @@ class ChainSession:
     def domain(self) -> eip712.Domain:
         return self.client.domain
 
-    def registry(self) -> MinerRegistry:
-        """Registered miners and their secure-aggregation keys, read from the chain's events."""
+    def registry(self, addresses: Iterable[str] | None = None) -> MinerRegistry:
+        """Registered miners and their secure-aggregation keys, read from the chain's events: those
+        of ``addresses`` only when given (one log query filtered on the indexed miner), else all."""
         registry = MinerRegistry()
-        for event in self.client.events("MinerRegistered"):
+        filters: dict[str, Any] = {}
+        if addresses is not None:
+            filters["miner"] = [to_checksum_address(a) for a in addresses]
+            if not filters["miner"]:
+                return registry
+        for event in self.client.events("MinerRegistered", **filters):
             registry.register(event["miner"], bytes(event["publicKey"]))
         return registry
 

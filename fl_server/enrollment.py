@@ -18,12 +18,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from eth_utils import to_checksum_address
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from web3.logs import DISCARD
 
 from aggregator.registration import Registration, RegistrationError, check_register_tx, verify_registration
 from fl_server.chain_round import ChainSession
-from fl_server.registry import MinerRegistry
+from fl_server.registry import MinerRegistry, RegistryError
 
 log = logging.getLogger("modelmine.enrollment")
 REGISTER_GAS = 500_000
@@ -81,14 +83,16 @@ def collect_registrations(
 def relay_onchain(
     grid: Grid, session: ChainSession, regs: dict[int, Registration], base_config: dict[str, Any],
     stake_wei: int, timeout: float, fund_dev_accounts: bool,
-) -> None:
-    """Broadcast each unregistered miner's own signed ``register`` transaction (stake included)."""
+) -> dict[str, bytes]:
+    """Broadcast each unregistered miner's own signed ``register`` transaction (stake included);
+    the secure-aggregation key each one registered, read from its transaction's receipt."""
     client = session.client
     chain = client.chain
     w3 = chain.w3
     pending = {n: r for n, r in regs.items() if not bool(client.miner(r.address).get("registered"))}
+    registered: dict[str, bytes] = {}
     if not pending:
-        return
+        return registered
     for reg in pending.values():
         if fund_dev_accounts and chain.balance(reg.address) < stake_wei + 10**17:
             chain.fund(reg.address, stake_wei + 10**18)
@@ -124,10 +128,13 @@ def relay_onchain(
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=chain.cfg.tx_timeout_s)
         if int(receipt["status"]) != 1:
             errors.append(f"register transaction of {address} reverted")
-        else:
-            log.info("miner %s registered on chain with its own stake (%.4f ETH)", address, stake_wei / 1e18)
+            continue
+        for event in client.contract.events.MinerRegistered().process_receipt(receipt, errors=DISCARD):
+            registered[to_checksum_address(event["args"]["miner"])] = bytes(event["args"]["publicKey"])
+        log.info("miner %s registered on chain with its own stake (%.4f ETH)", address, stake_wei / 1e18)
     if errors:
         raise EnrollmentError("on-chain registration failed: " + "; ".join(errors))
+    return registered
 
 
 def enroll(
@@ -138,14 +145,23 @@ def enroll(
     anything is published): relayed on chain when there is one (the registry is then read back from
     the chain's events), else the verified registrations themselves; every node bound to its address."""
     if session is not None:
-        relay_onchain(grid, session, regs, base_config, stake_wei, timeout, fund_dev_accounts)
-        registry = session.registry()
+        # Keys from this run's register receipts, plus one filtered log query for miners registered
+        # before it: never a scan of every registration (that grows with all miners ever registered).
+        fresh = relay_onchain(grid, session, regs, base_config, stake_wei, timeout, fund_dev_accounts)
+        earlier = {to_checksum_address(r.address) for r in regs.values()} - set(fresh)
+        registry = session.registry(sorted(earlier))
+        for address, key in fresh.items():
+            registry.register(address, key)
     else:
         registry = MinerRegistry()
         for reg in regs.values():
             registry.register(reg.address, reg.secagg_public)
     for node, reg in regs.items():
-        if registry.key_of(reg.address) != reg.secagg_public:
+        try:
+            onchain = registry.key_of(reg.address)
+        except RegistryError as exc:
+            raise EnrollmentError(f"{reg.address}: no MinerRegistered event on chain for it ({exc})") from exc
+        if onchain != reg.secagg_public:
             raise EnrollmentError(f"{reg.address}: the chain holds another secure-aggregation key than it signed")
         registry.bind(node, reg.address)
     log.info("%d miners registered (signed by themselves)%s", len(regs), " and staked on chain" if session else "")

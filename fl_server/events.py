@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,8 +149,10 @@ def announce_round(grid: Any, server_round: int, known: set[int]) -> set[int]:
     return current
 
 
-def announce_task(chain: Any, num_rounds: int) -> None:
-    """Emit ``task_published`` (and the registered miners' stakes) for a strategy's chain session."""
+def announce_task(chain: Any, num_rounds: int, miners: Iterable[str] = ()) -> None:
+    """Emit ``task_published`` (and the stakes of ``miners``, the run's enrolled miners) for a
+    strategy's chain session. The miners are passed in, not read from the chain's logs: a scan of
+    every registration would cost time that grows with all miners ever registered."""
     if chain is None or not default_bus.has_subscribers:
         return
     try:
@@ -160,7 +162,7 @@ def announce_task(chain: Any, num_rounds: int) -> None:
              reward_pool_wei=int(task.get("pool", 0)), model_hash=task.get("modelHash"),
              publisher=task.get("publisher"), deadline=task.get("deadline"))
         emit("task_status", task_id=chain.task_id, status="running")
-        for address in chain.registry().secagg_keys:
+        for address in miners:
             emit("stake", address=address, amount_wei=int(chain.client.miner(address).get("stake", 0)),
                  action="staked")
     except Exception:

@@ -315,7 +315,7 @@ class ModelMineStrategy(FedAvg):
             first = evaluate_fn(0, arrays)
             if first is not None:
                 result.evaluate_metrics_serverapp[0] = first
-        announce_task(self.chain, num_rounds)
+        announce_task(self.chain, num_rounds, sorted(self.secure.registry.secagg_keys) if self.secure else ())
         known_nodes: set[int] = set()
         for server_round in range(first_round, num_rounds + 1):  # > 1 when resuming from a checkpoint
             self._round_info = {}

@@ -29,6 +29,9 @@ SCHEDULE_STEPS = int(os.environ.get("MODELMINE_INVARIANT_STEPS", "300"))
 TASKS = 2
 MINERS = 6
 HONEST = 3  # miners 0..2 follow the protocol; 3..5 behave randomly
+# anvil stamps blocks with wall-clock time: an action is only tried while its window has this many
+# seconds left, so a slow machine never sees a window close between the check and the transaction.
+MARGIN_S = 30
 
 
 class World:
@@ -126,7 +129,7 @@ class World:
         c, rng, w = self.c, self.rng, self.w
         round_, attempt = int(rs["round"]), int(rs["attempt"])
         now = c.chain.timestamp()
-        if now <= int(rs["commitDeadline"]) and rng.random() < 0.75:
+        if self.within(rs["commitDeadline"]) and rng.random() < 0.75:
             selected = [m for m in w.miners if self._is_selected(task, m.address)]
             todo = [m for m in selected if c.miner_round(task, m.address)["attempt"] != attempt]
             batch = [m for m in todo if m.address in self.honest or rng.random() < 0.6]
@@ -149,13 +152,17 @@ class World:
                             raise
             return "commit"
         if int(rs["participants"]) >= 2 and (now > int(rs["commitDeadline"]) or rs["participants"] == rs["selected"]) \
-                and now <= int(rs["deadline"]) and rng.random() < 0.85:
+                and self.within(rs["deadline"]) and rng.random() < 0.85:
             self.tx(c.propose, w.aggregator, task, round_, attempt, keccak(f"m{task}.{attempt}".encode()))
             self.honest_votes(task)
             return "propose"
         c.chain.advance_time(max(0, int(rs["deadline"]) - now) + 1)
         self.tx(c.expire, w.miners[-1], task)
         return "expire"
+
+    def within(self, deadline: int) -> bool:
+        """True while ``deadline`` is at least MARGIN_S seconds away in chain time."""
+        return self.c.chain.timestamp() + MARGIN_S <= int(deadline)
 
     def _is_selected(self, task: int, address: str) -> bool:
         return address in self.selected.get(task, ())
@@ -193,7 +200,7 @@ class World:
         plist = c.participants(task)
         others = [m for m in w.miners if m.address not in self.honest and m.address in dict(plist)]
         voted = c.round_state(task)["votes"]
-        if others and voted < len(plist) and rng.random() < 0.6 and c.chain.timestamp() <= int(rs["deadline"]):
+        if others and voted < len(plist) and rng.random() < 0.6 and self.within(rs["deadline"]):
             m = rng.choice(others)
             try:
                 res = self.tx(c.vote, m, task, int(rs["round"]), rs["modelHash"], rng.random() < 0.5,
@@ -220,7 +227,7 @@ class World:
         attempt = int(rs["attempt"])
         others = [m for m in w.miners if m.address not in self.honest and m.address in dict(plist)
                   and not c.miner_round(task, m.address)["flags"] & 12]
-        if others and rng.random() < 0.6 and c.chain.timestamp() <= int(rs["deadline"]):
+        if others and rng.random() < 0.6 and self.within(rs["deadline"]):
             m = rng.choice(others)
             op = self.openings[(task, attempt, m.address)]
             if rng.random() < 0.3:

@@ -395,6 +395,11 @@ def test_defect3_connections_beyond_the_cap_are_dropped_not_queued(miners):
             assert second.recv(100) == b""  # dropped, not served and not queued behind the silent one
         assert silent.recv(100) == b""  # cut off by the socket timeout, without an answer
         silent.close()
+        # the handler thread frees its slot just after closing the socket: wait for that, then serve
+        deadline = time.monotonic() + 10
+        while not server._slots.acquire(timeout=0.05):
+            assert time.monotonic() < deadline, "the silent client's slot was never released"
+        server._slots.release()
         _works(server, credential, addrs)
     finally:
         server.shutdown()
