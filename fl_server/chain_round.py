@@ -44,6 +44,10 @@ class RoundOutcome:
     revealed: int
     miners_paid_wei: int
     gas_used: int
+    # per-miner facts from the round's contract events (addresses), for on-chain reputation
+    valid_reveals: tuple[str, ...] = ()
+    invalid_reveals: tuple[str, ...] = ()
+    slashed: tuple[str, ...] = ()
 
     def as_extra(self) -> dict[str, Any]:
         return {
@@ -54,6 +58,11 @@ class RoundOutcome:
             "rewards_eth": self.miners_paid_wei / 1e18,
             "gas": self.gas_used,
         }
+
+
+def _miners_of(logs: Sequence[tuple[str, Any]], event: str) -> tuple[str, ...]:
+    """The ``miner`` of every ``event`` among ``logs`` (checksummed, in log order)."""
+    return tuple(to_checksum_address(args["miner"]) for name, args in logs if name == event and "miner" in args)
 
 
 @dataclass
@@ -204,21 +213,25 @@ class ChainSession:
         )
         gas = self.gas_this_round + tx.gas_used
         names = {name for name, _ in tx.events}
+        logs = list(tx.events)
         if "RoundFinalized" not in names and "RoundRejected" not in names:
             self._wait_until(int(self.client.round_state(self.task_id)["deadline"]))
             fin = self.client.finalize(self.aggregator, self.task_id)
             gas += fin.gas_used
             names |= {name for name, _ in fin.events}
+            logs += fin.events
             if "RoundFinalized" in names and reveal_items:
                 rev = self.client.relay_reveals(self.aggregator, self.task_id, self.round, reveal_items, participants,
                                                 self.attempt)
                 gas += rev.gas_used
                 names |= {name for name, _ in rev.events}
+                logs += rev.events
                 tx = rev
         if "RoundFinalized" in names and "RoundSettled" not in names:
             self._wait_until(int(self.client.round_state(self.task_id)["deadline"]))
             settle = self.client.settle(self.aggregator, self.task_id, participants)
             gas += settle.gas_used
+            logs += settle.events
             tx = settle
         state = self.client.round_state(self.task_id)
         finalized = "RoundFinalized" in names
@@ -235,6 +248,9 @@ class ChainSession:
             revealed=len(reveal_items) if finalized else 0,
             miners_paid_wei=paid,
             gas_used=gas,
+            valid_reveals=_miners_of(logs, "Revealed"),
+            invalid_reveals=_miners_of(logs, "RevealInvalid"),
+            slashed=_miners_of(logs, "Slashed"),
         )
         self.round = int(state["round"])
         return outcome

@@ -12,7 +12,7 @@ from a miner's self-report except the training metrics in its (signed, in secure
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -171,21 +171,12 @@ class MinerStats:
         for n in valid_reveals:
             self.get(n).valid_reveals += 1
 
-    def apply_chain_events(self, node_of_address: Mapping[str, int], events: Mapping[str, list[dict[str, Any]]]) -> None:
-        """Recount on-chain reputation from contract events (``Slashed``, ``RevealInvalid``,
-        ``Revealed``) of the given addresses; unknown addresses are ignored. Idempotent."""
-        lowered = {a.lower(): n for a, n in node_of_address.items()}
-        counts: dict[int, dict[str, int]] = {}
-        for name, key in (("Slashed", "slashes"), ("RevealInvalid", "invalid_reveals"), ("Revealed", "valid_reveals")):
-            for ev in events.get(name, []):
-                node = lowered.get(str(ev.get("miner", "")).lower())
-                if node is not None:
-                    counts.setdefault(node, {}).setdefault(key, 0)
-                    counts[node][key] += 1
-        for node, c in counts.items():
-            rec = self.get(node)
-            for key, value in c.items():
-                setattr(rec, key, value)
+    def chain_faults(self, invalid_reveals: Iterable[int], slashed: Iterable[int]) -> None:
+        """Provable on-chain faults of a round (``RevealInvalid`` and ``Slashed`` events' miners)."""
+        for n in invalid_reveals:
+            self.get(n).invalid_reveals += 1
+        for n in slashed:
+            self.get(n).slashes += 1
 
     def rows(self) -> list[dict[str, Any]]:
         return [self.records[n].to_dict() for n in sorted(self.records)]

@@ -691,10 +691,15 @@ class SelectionController:
             **sim,
         }
 
-    def chain_outcome(self, finalized: bool, participants: Iterable[int], revealed: Iterable[int]) -> None:
-        """On-chain reputation: a finalized round counts for its participants and valid reveals."""
+    def chain_outcome(
+        self, finalized: bool, participants: Iterable[int], revealed: Iterable[int],
+        invalid: Iterable[int] = (), slashed: Iterable[int] = (),
+    ) -> None:
+        """On-chain reputation: a finalized round counts for its participants and valid reveals;
+        invalid reveals and slashes (from the contract's events) count against, in any round."""
         if finalized:
             self.stats.chain_round(participants, revealed)
+        self.stats.chain_faults(invalid, slashed)
 
     def round_extra(self) -> dict[str, Any]:
         extra = dict(self._extra)

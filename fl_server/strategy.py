@@ -282,9 +282,13 @@ class ModelMineStrategy(FedAvg):
         outcome = self.chain.relay(candidate_hash, votes, participants, proposal.gas_used)
         announce_chain_round(self.chain, server_round, self._plan.round, candidate_hash,
                              [a for a, _ in participants], votes, outcome, proposal.gas_used)
-        revealed = {v.address for v in votes if v.reveal is not None}
-        self.selection.chain_outcome(outcome.status == "finalized", list(voters),
-                                     [n for n, address in voters.items() if address in revealed])
+        node_of = {address: n for n, address in voters.items()}
+        self.selection.chain_outcome(
+            outcome.status == "finalized", list(voters),
+            [node_of[a] for a in outcome.valid_reveals if a in node_of],
+            invalid=[node_of[a] for a in outcome.invalid_reveals if a in node_of],
+            slashed=[node_of[a] for a in outcome.slashed if a in node_of],
+        )
         if outcome.status == "finalized":
             self._finalized = self._global
         else:  # FLock-style: the round is retried from the last finalized model

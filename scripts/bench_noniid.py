@@ -56,7 +56,8 @@ from fl_server.registry import MinerRegistry  # noqa: E402
 from fl_server.secure_aggregation import SecureRound, SecureSettings, public_seed  # noqa: E402
 
 
-def _secure_round(d: int, layer_sizes: tuple[int, ...], n: int, backend: str, density: float, folder: Path):
+def _secure_round(d: int, layer_sizes: tuple[int, ...], n: int, backend: str, dgc: DGCConfig, folder: Path,
+                  knobs: dict[str, Any]):
     identities = [create_identity(folder / f"m{i}") for i in range(n)]
     registry = MinerRegistry()
     for identity in identities:
@@ -65,14 +66,23 @@ def _secure_round(d: int, layer_sizes: tuple[int, ...], n: int, backend: str, de
     credential = new_credential()
     service = PublisherKeyService(backend, publisher, credential, registry.key_of, 15, 2)
     settings = SecureSettings(
-        backend, 15, 0.5, DGCConfig(density=density), 0.5, task_id=1, domain=Domain(31337, "0x" + "00" * 20),
-        layer_sizes=layer_sizes, threshold=2,
+        backend, 15, float(knobs["clip"]), dgc, float(knobs["explore"]), task_id=1,
+        domain=Domain(31337, "0x" + "00" * 20), layer_sizes=layer_sizes, threshold=2,
+        train_on_support=bool(knobs["train_on_support"]),
     )
     return SecureRound(settings, d, registry, service, credential, publisher.public, aggregator.public), identities
 
 
+# The secure round's settings this study varies (defaults = conf/config.yaml's dgc and secagg groups).
+DEFAULT_KNOBS: dict[str, Any] = {
+    "train_on_support": True, "explore": 0.5, "warmup_rounds": 4, "clip": 0.5, "dgc_momentum": 0.0, "clip_norm": None,
+    "server_momentum": 0.0,
+}
+
+
 def run(dataset: str, mode: str, rounds: int, miners: int, alpha: float, seed: int, max_samples: int,
-        density: float, backend: str, root: Path) -> dict[str, Any]:
+        density: float, backend: str, root: Path, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    knobs = {**DEFAULT_KNOBS, **(knobs or {})}
     part = PartitionConfig(dataset, miners, "dirichlet", alpha, seed, max_samples)
     if not is_prepared(root, part):
         prepare(root, part)
@@ -87,9 +97,12 @@ def run(dataset: str, mode: str, rounds: int, miners: int, alpha: float, seed: i
     secure = identities = None
     tmp = tempfile.TemporaryDirectory()
     if mode == "secure":
-        secure, identities = _secure_round(d, layer_sizes, miners, backend, density, Path(tmp.name))
+        dgc = DGCConfig(density=density, momentum=float(knobs["dgc_momentum"]),
+                        warmup_rounds=int(knobs["warmup_rounds"]), clip_norm=knobs["clip_norm"])
+        secure, identities = _secure_round(d, layer_sizes, miners, backend, dgc, Path(tmp.name), knobs)
         dgc_states = [DGCState(d, secure.settings.dgc) for _ in range(miners)]
     accuracies: list[float] = []
+    velocity: np.ndarray | None = None
     t0 = time.perf_counter()
     for rnd in range(1, rounds + 1):
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -123,7 +136,12 @@ def run(dataset: str, mode: str, rounds: int, miners: int, alpha: float, seed: i
             new = sum(w * (c / total) for w, c in zip(weights, counts, strict=True))
         else:
             assert plan is not None
-            new = flat + secure.aggregate(plan, accepted)
+            step = secure.aggregate(plan, accepted)
+            beta = float(knobs["server_momentum"])
+            if beta:  # FedAvgM on the secure mean (the strategy's ServerOptimizer does the same)
+                velocity = step if velocity is None else beta * velocity + step
+                step = velocity
+            new = flat + step
         model.load_state_dict(unflatten_like(np.asarray(new, dtype=np.float32), global_state))
         acc = float(evaluator(rnd, ArrayRecord(model.state_dict()))["accuracy"])
         accuracies.append(acc)
@@ -133,7 +151,7 @@ def run(dataset: str, mode: str, rounds: int, miners: int, alpha: float, seed: i
         "dataset": dataset, "mode": mode if mode == "dense" else f"dgc{density:g}+{backend}", "rounds": rounds,
         "miners": miners, "alpha": alpha, "seed": seed, "max_samples_per_miner": max_samples,
         "final_accuracy": accuracies[-1], "best_accuracy": max(accuracies), "accuracy_per_round": accuracies,
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0, **({"knobs": knobs} if mode == "secure" else {}),
     }
 
 
@@ -149,17 +167,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="masked", choices=["masked", "nddfe", "none"])
     parser.add_argument("--modes", default="dense,secure")
     parser.add_argument("--data-root", type=Path, default=Path("outputs/noniid_data"))
+    parser.add_argument("--train-on-support", type=int, choices=[0, 1], default=1)
+    parser.add_argument("--explore", type=float, default=DEFAULT_KNOBS["explore"])
+    parser.add_argument("--warmup-rounds", type=int, default=DEFAULT_KNOBS["warmup_rounds"])
+    parser.add_argument("--clip", type=float, default=DEFAULT_KNOBS["clip"], help="quantization clip")
+    parser.add_argument("--dgc-momentum", type=float, default=0.0)
+    parser.add_argument("--clip-norm", type=float, default=None)
+    parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM on the secure path")
     parser.add_argument("--quick", action="store_true", help="digits, 4 miners, 3 rounds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.datasets, args.rounds, args.miners, args.max_samples = "digits", 3, 4, 0
     torch.set_num_threads(1)
+    knobs = {"train_on_support": bool(args.train_on_support), "explore": args.explore, "warmup_rounds": args.warmup_rounds,
+             "clip": args.clip, "dgc_momentum": args.dgc_momentum, "clip_norm": args.clip_norm,
+             "server_momentum": args.server_momentum}
     rows = []
     for dataset in args.datasets.split(","):
         for mode in args.modes.split(","):
             rows.append(run(dataset, mode, args.rounds, args.miners, args.alpha, args.seed, args.max_samples,
-                            args.density, args.backend, args.data_root))
+                            args.density, args.backend, args.data_root, knobs))
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(rows, indent=2))

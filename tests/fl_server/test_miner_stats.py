@@ -53,14 +53,8 @@ def test_chain_history_sets_reputation():
     stats.completed(1, 2, duration_s=1.0)
     stats.completed(2, 1, duration_s=1.0)
     before = stats.get(2).reputation
-    events = {
-        "Slashed": [{"miner": "0xAbC0000000000000000000000000000000000002", "round": 1}],
-        "RevealInvalid": [{"miner": "0xabc0000000000000000000000000000000000002", "round": 1}],
-        "Revealed": [{"miner": "0xabc0000000000000000000000000000000000001"}] * 3,
-    }
-    mapping = {"0xabc0000000000000000000000000000000000001": 1, "0xabc0000000000000000000000000000000000002": 2}
-    stats.apply_chain_events(mapping, events)
-    stats.apply_chain_events(mapping, events)  # idempotent
+    stats.chain_faults(invalid_reveals=[2], slashed=[2])  # what a round's RevealInvalid/Slashed events name
+    stats.chain_round(accepted=[1], valid_reveals=[1, 1])
     assert stats.get(2).slashes == 1 and stats.get(2).invalid_reveals == 1
     assert stats.get(1).valid_reveals == 3
     assert stats.get(2).reputation < before < stats.get(1).reputation
