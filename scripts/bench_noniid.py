@@ -76,7 +76,7 @@ def _secure_round(d: int, layer_sizes: tuple[int, ...], n: int, backend: str, dg
 # The secure round's settings this study varies (defaults = conf/config.yaml's dgc and secagg groups).
 DEFAULT_KNOBS: dict[str, Any] = {
     "train_on_support": True, "explore": 0.5, "warmup_rounds": 4, "clip": 0.5, "dgc_momentum": 0.0, "clip_norm": None,
-    "server_momentum": 0.0,
+    "server_momentum": 0.0, "warmup_start": 0.25, "warmup_factor": 0.25,
 }
 
 
@@ -98,7 +98,8 @@ def run(dataset: str, mode: str, rounds: int, miners: int, alpha: float, seed: i
     tmp = tempfile.TemporaryDirectory()
     if mode == "secure":
         dgc = DGCConfig(density=density, momentum=float(knobs["dgc_momentum"]),
-                        warmup_rounds=int(knobs["warmup_rounds"]), clip_norm=knobs["clip_norm"])
+                        warmup_rounds=int(knobs["warmup_rounds"]), clip_norm=knobs["clip_norm"],
+                        warmup_start=float(knobs["warmup_start"]), warmup_factor=float(knobs["warmup_factor"]))
         secure, identities = _secure_round(d, layer_sizes, miners, backend, dgc, Path(tmp.name), knobs)
         dgc_states = [DGCState(d, secure.settings.dgc) for _ in range(miners)]
     accuracies: list[float] = []
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-on-support", type=int, choices=[0, 1], default=1)
     parser.add_argument("--explore", type=float, default=DEFAULT_KNOBS["explore"])
     parser.add_argument("--warmup-rounds", type=int, default=DEFAULT_KNOBS["warmup_rounds"])
+    parser.add_argument("--warmup-start", type=float, default=DEFAULT_KNOBS["warmup_start"])
+    parser.add_argument("--warmup-factor", type=float, default=DEFAULT_KNOBS["warmup_factor"])
     parser.add_argument("--clip", type=float, default=DEFAULT_KNOBS["clip"], help="quantization clip")
     parser.add_argument("--dgc-momentum", type=float, default=0.0)
     parser.add_argument("--clip-norm", type=float, default=None)
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     knobs = {"train_on_support": bool(args.train_on_support), "explore": args.explore, "warmup_rounds": args.warmup_rounds,
              "clip": args.clip, "dgc_momentum": args.dgc_momentum, "clip_norm": args.clip_norm,
-             "server_momentum": args.server_momentum}
+             "server_momentum": args.server_momentum, "warmup_start": args.warmup_start,
+             "warmup_factor": args.warmup_factor}
     rows = []
     for dataset in args.datasets.split(","):
         for mode in args.modes.split(","):
