@@ -183,6 +183,9 @@ class ModelMineClient:
         self.contract = chain.w3.eth.contract(address=self.address, abi=self.abi)
         self.domain = eip712.Domain(chain_id=chain.chain_id, verifying_contract=self.address)
         self._topics: dict[bytes, str] = {}
+        # task -> (last block scanned, Committed rows by (block, log index)): each round reads only the
+        # blocks since the last read, so its cost does not grow with the chain's whole history.
+        self._commit_logs: dict[int, tuple[int, dict[tuple[int, int], dict[str, Any]]]] = {}
         for item in self.abi:
             if item["type"] == "event":
                 sig = f"{item['name']}({','.join(_canon(i) for i in item['inputs'])})"
@@ -446,12 +449,30 @@ class ModelMineClient:
         if current and int(rs["phase"]) == Phase.COMMIT and self.chain.timestamp() <= int(rs["commitDeadline"]) \
                 and int(rs["participants"]) < int(rs["selected"]):
             return None
-        rows = [r for r in self.events("Committed", taskId=task_id)
-                if int(r["attempt"]) == attempt and int(r["round"]) == round_]
-        out = [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows]
+        def select(rows: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+            return [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows
+                    if int(r["attempt"]) == attempt and int(r["round"]) == round_]
+
+        out = select(self._committed_rows(task_id))
         if current and participants_hash(attempt, out) != bytes(rs["participantsHash"]):
-            raise ChainError(f"committed set of task {task_id} attempt {attempt} does not match the chain (missing logs?)")
+            out = select(self._committed_rows(task_id, rescan=True))
+            if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
+                raise ChainError(f"committed set of task {task_id} attempt {attempt} does not match the chain (missing logs?)")
         return [m for m, _ in out]
+
+    def _committed_rows(self, task_id: int, rescan: bool = False) -> list[dict[str, Any]]:
+        """Every ``Committed`` event of ``task_id``, oldest first, read incrementally (only blocks after
+        the last read); ``rescan`` reads the whole range again (after a reorg dropped or moved logs)."""
+        if rescan:
+            self._commit_logs.pop(task_id, None)
+        last, rows = self._commit_logs.get(task_id, (self.from_block - 1, {}))
+        head = int(self.chain._retry(lambda: self.chain.w3.eth.block_number))
+        if head > last:
+            # A block mined between reading ``head`` and the query shows up again next time: keyed, not doubled.
+            for r in self.events("Committed", from_block=last + 1, taskId=task_id):
+                rows[(int(r["blockNumber"]), int(r["logIndex"]))] = r
+            self._commit_logs[task_id] = (head, rows)
+        return [rows[key] for key in sorted(rows)]
 
     # ------------------------------------------------------------------ round: vote
 
@@ -496,10 +517,14 @@ class ModelMineClient:
         checked against the on-chain participants hash."""
         rs = self.round_state(task_id)
         attempt = int(rs["attempt"])
-        rows = self.events("Committed", taskId=task_id)
-        out = [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows if int(r["attempt"]) == attempt]
+        def select(rows: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+            return [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows if int(r["attempt"]) == attempt]
+
+        out = select(self._committed_rows(task_id))
         if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
-            raise ChainError(f"participant list of task {task_id} does not match the chain (missing logs?)")
+            out = select(self._committed_rows(task_id, rescan=True))
+            if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
+                raise ChainError(f"participant list of task {task_id} does not match the chain (missing logs?)")
         return out
 
     def reveal(self, miner: LocalAccount, task_id: int, round_: int, score: int, nonce: bytes,

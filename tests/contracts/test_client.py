@@ -19,6 +19,7 @@ from contracts.chain import (
     new_account,
 )
 from contracts.client import ModelMineClient, compact_signature, participants_hash
+from contracts.testing import Scenario
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "chain"
 
@@ -150,3 +151,30 @@ def test_wait_for_event(world) -> None:  # noqa: ANN001
     assert ev["taskId"] == task
     with pytest.raises(TimeoutError):
         c.wait_for_event("TaskCancelled", timeout_s=0.3, taskId=task)
+
+
+def test_participants_are_read_incrementally_and_match_a_fresh_read(world: Scenario) -> None:
+    """Each read of the committed list scans only blocks after the previous read (a round's cost does
+    not grow with the chain's history), and always equals a full read by a fresh client."""
+    c = world.client
+    task = world.publish()
+    round_, attempt, support = world.open(task)
+    first, rest = world.miners[:2], world.miners[2:]
+    subs, _ = world.submissions(task, round_, support, {m.address: 5 for m in world.miners}, attempt=attempt)
+    c.relay_submissions(world.aggregator, task, round_, attempt, subs[:2])
+    assert [m for m, _ in c.participants(task)] == [m.address for m in first]
+    scanned: list[int] = []
+    original = c.events
+
+    def spy(name: str, from_block: int | None = None, **filters: object) -> list:
+        scanned.append(c.from_block if from_block is None else from_block)
+        return original(name, from_block=from_block, **filters)
+
+    c.events = spy  # type: ignore[method-assign]
+    head = c.chain.w3.eth.block_number
+    c.relay_submissions(world.aggregator, task, round_, attempt, subs[2:])
+    everyone = c.participants(task)
+    assert scanned == [head + 1]  # only the new blocks
+    fresh = ModelMineClient(c.chain, c.address, c.from_block)
+    assert everyone == fresh.participants(task) and [m for m, _ in everyone] == [m.address for m in first + rest]
+    assert c.committed_miners(task, round_, attempt) == [m.address for m in first + rest]
