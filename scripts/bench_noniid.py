@@ -73,10 +73,11 @@ def _secure_round(d: int, layer_sizes: tuple[int, ...], n: int, backend: str, dg
     return SecureRound(settings, d, registry, service, credential, publisher.public, aggregator.public), identities
 
 
-# The secure round's settings this study varies (defaults = conf/config.yaml's dgc and secagg groups).
+# The secure round's settings this study varies; defaults = conf/config.yaml's (dgc/default, secagg,
+# strategy/fedavgm). The dense baseline is always plain FedAvg.
 DEFAULT_KNOBS: dict[str, Any] = {
-    "train_on_support": True, "explore": 0.5, "warmup_rounds": 4, "clip": 0.5, "dgc_momentum": 0.0, "clip_norm": None,
-    "server_momentum": 0.0, "warmup_start": 0.25, "warmup_factor": 0.25,
+    "train_on_support": True, "explore": 0.5, "warmup_rounds": 10, "clip": 0.5, "dgc_momentum": 0.0, "clip_norm": None,
+    "server_momentum": 0.7, "warmup_start": 0.25, "warmup_factor": 0.7,
 }
 
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--max-samples", type=int, default=0, help="cap per miner (0 = the miner's whole share)")
-    parser.add_argument("--density", type=float, default=0.01)
+    parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--backend", default="masked", choices=["masked", "nddfe", "none"])
     parser.add_argument("--modes", default="dense,secure")
     parser.add_argument("--data-root", type=Path, default=Path("outputs/noniid_data"))
@@ -174,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-start", type=float, default=DEFAULT_KNOBS["warmup_start"])
     parser.add_argument("--warmup-factor", type=float, default=DEFAULT_KNOBS["warmup_factor"])
     parser.add_argument("--clip", type=float, default=DEFAULT_KNOBS["clip"], help="quantization clip")
-    parser.add_argument("--dgc-momentum", type=float, default=0.0)
+    parser.add_argument("--dgc-momentum", type=float, default=DEFAULT_KNOBS["dgc_momentum"])
     parser.add_argument("--clip-norm", type=float, default=None)
-    parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM on the secure path")
+    parser.add_argument("--server-momentum", type=float, default=DEFAULT_KNOBS["server_momentum"],
+                        help="FedAvgM on the secure path (the dense baseline stays plain FedAvg)")
     parser.add_argument("--quick", action="store_true", help="digits, 4 miners, 3 rounds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
