@@ -34,6 +34,7 @@ from typing import Any
 from eth_abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
+from web3.exceptions import MismatchedABI
 
 from aggregator import eip712
 from contracts.build_info import load_artifact
@@ -155,6 +156,19 @@ def compact_signature(sig: bytes) -> tuple[bytes, bytes]:
     return r, vs.to_bytes(32, "big")
 
 
+def _matches(args: Any, filters: dict[str, Any]) -> bool:
+    """``get_logs``' argument filters applied to decoded args (a list means any of its values)."""
+    for key, want in filters.items():
+        options = want if isinstance(want, list | tuple | set) else [want]
+        value = args.get(key)
+        if isinstance(value, str):
+            if value.lower() not in {str(o).lower() for o in options}:
+                return False
+        elif value not in options:
+            return False
+    return True
+
+
 def participants_hash(attempt: int, participants: Sequence[tuple[str, bytes]]) -> bytes:
     """The contract's keccak chain over (miner, commitment), seeded with the attempt number."""
     h = attempt.to_bytes(32, "big")
@@ -185,7 +199,7 @@ class ModelMineClient:
         self._topics: dict[bytes, str] = {}
         # task -> (last block scanned, Committed rows by (block, log index)): each round reads only the
         # blocks since the last read, so its cost does not grow with the chain's whole history.
-        self._commit_logs: dict[int, tuple[int, dict[tuple[int, int], dict[str, Any]]]] = {}
+        self._commit_logs: dict[int, tuple[int, dict[tuple[int, int, int], dict[str, Any]]]] = {}
         for item in self.abi:
             if item["type"] == "event":
                 sig = f"{item['name']}({','.join(_canon(i) for i in item['inputs'])})"
@@ -261,13 +275,30 @@ class ModelMineClient:
         on indexed arguments, oldest first."""
         ev = self.contract.events[name]()
         from_block = self.from_block if from_block is None else from_block
-        logs = self.chain._retry(
-            lambda: ev.get_logs(from_block=from_block, to_block="latest", argument_filters=filters or None)
-        )
+        if self.chain.cfg.backend == "embedded":
+            logs = [lg for lg in map(self._decode(ev), self.chain.embedded_logs(self.address, from_block))
+                    if lg is not None and _matches(lg["args"], filters)]
+        else:
+            logs = self.chain._retry(
+                lambda: ev.get_logs(from_block=from_block, to_block="latest", argument_filters=filters or None)
+            )
         rows = []
-        for lg in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
-            rows.append({**dict(lg["args"]), "blockNumber": lg["blockNumber"], "logIndex": lg["logIndex"]})
+        for lg in sorted(logs, key=lambda x: (x["blockNumber"], x["transactionIndex"], x["logIndex"])):
+            rows.append({**dict(lg["args"]), "blockNumber": lg["blockNumber"],
+                         "transactionIndex": lg["transactionIndex"], "logIndex": lg["logIndex"]})
         return rows
+
+    @staticmethod
+    def _decode(ev: Any) -> Callable[[Any], Any]:
+        """A raw log -> the decoded ``ev`` event, or None when the log is another event."""
+
+        def decode(raw: Any) -> Any:
+            try:
+                return ev.process_log(raw)
+            except MismatchedABI:
+                return None
+
+        return decode
 
     def wait_for_event(
         self,
@@ -470,7 +501,7 @@ class ModelMineClient:
         if head > last:
             # A block mined between reading ``head`` and the query shows up again next time: keyed, not doubled.
             for r in self.events("Committed", from_block=last + 1, taskId=task_id):
-                rows[(int(r["blockNumber"]), int(r["logIndex"]))] = r
+                rows[(int(r["blockNumber"]), int(r["transactionIndex"]), int(r["logIndex"]))] = r
             self._commit_logs[task_id] = (head, rows)
         return [rows[key] for key in sorted(rows)]
 

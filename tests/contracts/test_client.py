@@ -178,3 +178,23 @@ def test_participants_are_read_incrementally_and_match_a_fresh_read(world: Scena
     fresh = ModelMineClient(c.chain, c.address, c.from_block)
     assert everyone == fresh.participants(task) and [m for m, _ in everyone] == [m.address for m in first + rest]
     assert c.committed_miners(task, round_, attempt) == [m.address for m in first + rest]
+
+
+def test_embedded_event_reads_equal_eth_testers_get_logs(world: Scenario) -> None:
+    """The embedded chain's direct receipt reader (linear in blocks) returns exactly what eth-tester's
+    get_logs (quadratic) does, filters included."""
+    c = world.client
+    assert c.chain.cfg.backend == "embedded"
+    task = world.publish()
+    round_, attempt, support = world.open(task)
+    subs, _ = world.submissions(task, round_, support, {m.address: 7 for m in world.miners}, attempt=attempt)
+    c.relay_submissions(world.aggregator, task, round_, attempt, subs)
+    for name, filters in [("MinerRegistered", {}), ("Committed", {"taskId": task}),
+                          ("MinerRegistered", {"miner": [world.miners[1].address.lower(), world.miners[2].address]}),
+                          ("Committed", {"taskId": task + 1})]:
+        ours = [{k: v for k, v in r.items() if k not in ("blockNumber", "transactionIndex", "logIndex")}
+                for r in c.events(name, **filters)]
+        theirs = c.contract.events[name]().get_logs(from_block=c.from_block, to_block="latest",
+                                                   argument_filters=filters or None)
+        assert ours == [dict(lg["args"]) for lg in theirs], (name, filters)
+    assert len(c.events("Committed", taskId=task)) == len(world.miners)
