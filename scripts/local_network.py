@@ -278,7 +278,8 @@ def start(args: argparse.Namespace) -> Started:
         "--dataset", args.dataset, "--model", args.model, "--model-kwargs", args.model_kwargs, "--rounds",
         str(args.rounds), "--reward-wei", str(args.reward_wei), "--seed", str(args.seed), "--backend", args.secagg,
         "--bits", str(args.bits), "--clip", str(args.clip), "--density", str(args.density), "--warmup-rounds",
-        str(args.warmup_rounds), "--threshold", "2", "--min-samples", "10", "--round-window-s",
+        str(args.warmup_rounds), "--warmup-start", str(args.warmup_start), "--warmup-factor", str(args.warmup_factor),
+        "--threshold", "2", "--min-samples", "10", "--round-window-s",
         str(args.round_window_s), "--commit-window-s", str(args.round_window_s), "--target-accuracy", "0.999",
         "--secret-out", str(pub_dir / "task.secret.json"), "--json", str(pub_json),
     ]
@@ -357,7 +358,8 @@ def start(args: argparse.Namespace) -> Started:
         f"dataset={args.dataset}", f"model={args.model}", f"num_miners={args.miners}", f"rounds={args.rounds}",
         f"seed={args.seed}", f"data_root={data_root}", "auto_prepare=false", f"secagg={args.secagg}",
         f"secagg.bits={args.bits}", f"secagg.clip={args.clip}", f"dgc.density={args.density}",
-        f"dgc.warmup_rounds={args.warmup_rounds}", "chain=anvil", f"chain.rpc_url={rpc}", "chain.start_anvil=false", "++chain.dev_chain=true",
+        f"dgc.warmup_rounds={args.warmup_rounds}", f"dgc.warmup_start={args.warmup_start}",
+        f"dgc.warmup_factor={args.warmup_factor}", "chain=anvil", f"chain.rpc_url={rpc}", "chain.start_anvil=false", "++chain.dev_chain=true",
         f"chain.contract_address={client.address}", f"chain.round_window_s={args.round_window_s}",
         f"strategy.round_timeout_s={args.round_timeout_s}",
     ])
@@ -636,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--clip", type=float, default=0.5)
     u.add_argument("--density", type=float, default=0.1)
     u.add_argument("--warmup-rounds", type=int, default=0)
+    u.add_argument("--warmup-start", type=float, default=0.25, help="DGC warm-up: first density (task and server)")
+    u.add_argument("--warmup-factor", type=float, default=0.7, help="DGC warm-up: density factor per round")
     u.add_argument("--reward-wei", type=int, default=10**18)
     u.add_argument("--round-window-s", type=int, default=600)
     u.add_argument("--round-timeout-s", type=float, default=300)

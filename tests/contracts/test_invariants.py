@@ -24,8 +24,8 @@ from contracts.chain import ChainError, ContractRevertError
 from contracts.client import ModelMineClient, Phase, TaskStatus
 from contracts.testing import Scenario, compressed_pubkey
 
-# 200 by default (~2 min on anvil); MODELMINE_INVARIANT_STEPS=2000 for a longer soak.
-SCHEDULE_STEPS = int(os.environ.get("MODELMINE_INVARIANT_STEPS", "200"))
+# 120 by default (~1.5 min on anvil); MODELMINE_INVARIANT_STEPS=2000 for a longer soak.
+SCHEDULE_STEPS = int(os.environ.get("MODELMINE_INVARIANT_STEPS", "120"))
 TASKS = 2
 MINERS = 6
 HONEST = 3  # miners 0..2 follow the protocol; 3..5 behave randomly
