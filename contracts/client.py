@@ -156,6 +156,14 @@ def compact_signature(sig: bytes) -> tuple[bytes, bytes]:
     return r, vs.to_bytes(32, "big")
 
 
+def _decode(ev: Any, raw: Any) -> Any:
+    """The raw log decoded as event ``ev``, or None when it is another event."""
+    try:
+        return ev.process_log(raw)
+    except MismatchedABI:
+        return None
+
+
 def _matches(args: Any, filters: dict[str, Any]) -> bool:
     """``get_logs``' argument filters applied to decoded args (a list means any of its values)."""
     for key, want in filters.items():
@@ -276,8 +284,8 @@ class ModelMineClient:
         ev = self.contract.events[name]()
         from_block = self.from_block if from_block is None else from_block
         if self.chain.cfg.backend == "embedded":
-            logs = [lg for lg in map(self._decode(ev), self.chain.embedded_logs(self.address, from_block))
-                    if lg is not None and _matches(lg["args"], filters)]
+            logs = [lg for raw in self.chain.embedded_logs(self.address, from_block)
+                    if (lg := _decode(ev, raw)) is not None and _matches(lg["args"], filters)]
         else:
             logs = self.chain._retry(
                 lambda: ev.get_logs(from_block=from_block, to_block="latest", argument_filters=filters or None)
@@ -287,18 +295,6 @@ class ModelMineClient:
             rows.append({**dict(lg["args"]), "blockNumber": lg["blockNumber"],
                          "transactionIndex": lg["transactionIndex"], "logIndex": lg["logIndex"]})
         return rows
-
-    @staticmethod
-    def _decode(ev: Any) -> Callable[[Any], Any]:
-        """A raw log -> the decoded ``ev`` event, or None when the log is another event."""
-
-        def decode(raw: Any) -> Any:
-            try:
-                return ev.process_log(raw)
-            except MismatchedABI:
-                return None
-
-        return decode
 
     def wait_for_event(
         self,
@@ -480,16 +476,24 @@ class ModelMineClient:
         if current and int(rs["phase"]) == Phase.COMMIT and self.chain.timestamp() <= int(rs["commitDeadline"]) \
                 and int(rs["participants"]) < int(rs["selected"]):
             return None
+        out = self._commits(task_id, attempt, round_, bytes(rs["participantsHash"]) if current else None)
+        return [m for m, _ in out]
+
+    def _commits(self, task_id: int, attempt: int, round_: int | None, expected: bytes | None) -> list[tuple[str, bytes]]:
+        """(miner, commitment) of ``attempt`` (and ``round_`` when given) in commit order. With
+        ``expected`` (the on-chain participants hash) the list is checked, rescanned once on a mismatch,
+        and a ChainError when it still differs (missing logs)."""
+
         def select(rows: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
             return [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows
-                    if int(r["attempt"]) == attempt and int(r["round"]) == round_]
+                    if int(r["attempt"]) == attempt and (round_ is None or int(r["round"]) == round_)]
 
         out = select(self._committed_rows(task_id))
-        if current and participants_hash(attempt, out) != bytes(rs["participantsHash"]):
+        if expected is not None and participants_hash(attempt, out) != expected:
             out = select(self._committed_rows(task_id, rescan=True))
-            if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
-                raise ChainError(f"committed set of task {task_id} attempt {attempt} does not match the chain (missing logs?)")
-        return [m for m, _ in out]
+            if participants_hash(attempt, out) != expected:
+                raise ChainError(f"committed list of task {task_id} attempt {attempt} does not match the chain (missing logs?)")
+        return out
 
     def _committed_rows(self, task_id: int, rescan: bool = False) -> list[dict[str, Any]]:
         """Every ``Committed`` event of ``task_id``, oldest first, read incrementally (only blocks after
@@ -548,15 +552,7 @@ class ModelMineClient:
         checked against the on-chain participants hash."""
         rs = self.round_state(task_id)
         attempt = int(rs["attempt"])
-        def select(rows: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
-            return [(to_checksum_address(r["miner"]), bytes(r["commitment"])) for r in rows if int(r["attempt"]) == attempt]
-
-        out = select(self._committed_rows(task_id))
-        if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
-            out = select(self._committed_rows(task_id, rescan=True))
-            if participants_hash(attempt, out) != bytes(rs["participantsHash"]):
-                raise ChainError(f"participant list of task {task_id} does not match the chain (missing logs?)")
-        return out
+        return self._commits(task_id, attempt, None, bytes(rs["participantsHash"]))
 
     def reveal(self, miner: LocalAccount, task_id: int, round_: int, score: int, nonce: bytes,
                participants: Sequence[tuple[str, bytes]] | None = None, attempt: int | None = None) -> TxResult:

@@ -212,29 +212,30 @@ class ChainSession:
             self.aggregator, self.task_id, self.round, model_hash, vote_items, reveal_items, participants, self.attempt
         )
         gas = self.gas_this_round + tx.gas_used
-        names = {name for name, _ in tx.events}
-        logs = list(tx.events)
-        if "RoundFinalized" not in names and "RoundRejected" not in names:
+        logs = list(tx.events)  # every event of the round's transactions, in order
+
+        def happened(event: str) -> bool:
+            return any(name == event for name, _ in logs)
+
+        if not happened("RoundFinalized") and not happened("RoundRejected"):
             self._wait_until(int(self.client.round_state(self.task_id)["deadline"]))
             fin = self.client.finalize(self.aggregator, self.task_id)
             gas += fin.gas_used
-            names |= {name for name, _ in fin.events}
             logs += fin.events
-            if "RoundFinalized" in names and reveal_items:
+            if happened("RoundFinalized") and reveal_items:
                 rev = self.client.relay_reveals(self.aggregator, self.task_id, self.round, reveal_items, participants,
                                                 self.attempt)
                 gas += rev.gas_used
-                names |= {name for name, _ in rev.events}
                 logs += rev.events
                 tx = rev
-        if "RoundFinalized" in names and "RoundSettled" not in names:
+        if happened("RoundFinalized") and not happened("RoundSettled"):
             self._wait_until(int(self.client.round_state(self.task_id)["deadline"]))
             settle = self.client.settle(self.aggregator, self.task_id, participants)
             gas += settle.gas_used
             logs += settle.events
             tx = settle
         state = self.client.round_state(self.task_id)
-        finalized = "RoundFinalized" in names
+        finalized = happened("RoundFinalized")
         paid = 0
         for name, args in tx.events:
             if name == "RoundSettled":

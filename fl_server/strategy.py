@@ -283,12 +283,12 @@ class ModelMineStrategy(FedAvg):
         announce_chain_round(self.chain, server_round, self._plan.round, candidate_hash,
                              [a for a, _ in participants], votes, outcome, proposal.gas_used)
         node_of = {address: n for n, address in voters.items()}
-        self.selection.chain_outcome(
-            outcome.status == "finalized", list(voters),
-            [node_of[a] for a in outcome.valid_reveals if a in node_of],
-            invalid=[node_of[a] for a in outcome.invalid_reveals if a in node_of],
-            slashed=[node_of[a] for a in outcome.slashed if a in node_of],
-        )
+
+        def nodes(addresses: tuple[str, ...]) -> list[int]:
+            return [node_of[a] for a in addresses if a in node_of]
+
+        self.selection.chain_outcome(outcome.status == "finalized", list(voters), nodes(outcome.valid_reveals),
+                                     invalid=nodes(outcome.invalid_reveals), slashed=nodes(outcome.slashed))
         if outcome.status == "finalized":
             self._finalized = self._global
         else:  # FLock-style: the round is retried from the last finalized model
